@@ -1,0 +1,160 @@
+"""Calibration inputs: loading, validating against the model's inputs, or generating them.
+
+Everything is checked here, before any slow work: names, ranks, static dimensions, dtypes,
+finite values and sample counts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import OnnxPruneError, first_line
+
+DEFAULT_SAMPLES = 512
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: tuple          # int for static dims, None for dynamic ones
+
+
+@dataclass(frozen=True)
+class Calibration:
+    arrays: dict         # model input name -> array, samples on axis 0
+    source: str
+
+    @property
+    def samples(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+    def head(self, n: int) -> "Calibration":
+        return Calibration({k: v[:n] for k, v in self.arrays.items()}, self.source)
+
+
+def input_specs(model: onnx.ModelProto) -> list:
+    """The model's runtime inputs (initializers listed as inputs excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, dtype, dims))
+    return specs
+
+
+def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) -> Calibration:
+    """Read a .npz (one array per input name, or one array for a one-input model) or .npy."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxPruneError(f"calibration file not found: {path}")
+    if path.is_dir():
+        raise OnnxPruneError(f"calibration path {path} is a directory; give a .npz or .npy file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError/zipfile errors
+        raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)})") from None
+    if isinstance(loaded, np.ndarray):
+        arrays = {"<array>": loaded}
+    else:
+        with loaded:
+            try:
+                arrays = {k: loaded[k] for k in loaded.files}
+            except Exception as exc:  # noqa: BLE001 - e.g. pickled object arrays
+                raise OnnxPruneError(f"{path}: cannot read its arrays ({first_line(exc)})") from None
+    return from_arrays(arrays, specs, samples, str(path))
+
+
+def from_arrays(arrays, specs: list, samples: int | None, source: str = "arrays") -> Calibration:
+    """Match arrays to model inputs, check them, convert dtypes, take the first `samples`
+    (None: the first DEFAULT_SAMPLES, or all when there are fewer)."""
+    if isinstance(arrays, np.ndarray):
+        arrays = {"<array>": arrays}
+    arrays = dict(arrays)
+    if not specs:
+        raise OnnxPruneError("the model has no runtime inputs to calibrate")
+    names = [s.name for s in specs]
+    if len(arrays) == 1 and len(specs) == 1 and names[0] not in arrays:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise OnnxPruneError(
+            f"{source}: no array for model input(s) {', '.join(missing)} (found {', '.join(sorted(arrays)) or 'none'}); "
+            "name each array after the model input it feeds"
+        )
+    out = {}
+    for spec in specs:
+        out[spec.name] = _check_array(np.asarray(arrays[spec.name]), spec, source)
+    counts = {a.shape[0] for a in out.values()}
+    if len(counts) != 1:
+        raise OnnxPruneError(f"{source}: inputs have different sample counts {sorted(counts)}")
+    available = counts.pop()
+    if available == 0:
+        raise OnnxPruneError(f"{source} holds zero samples")
+    if samples is None:
+        out = {k: v[:DEFAULT_SAMPLES] for k, v in out.items()}
+    else:
+        if samples <= 0:
+            raise OnnxPruneError(f"--samples must be positive, got {samples}")
+        if samples > available:
+            raise OnnxPruneError(f"{source} has {available} samples, fewer than --samples {samples}; "
+                                 f"pass --samples {available} or more data")
+        out = {k: v[:samples] for k, v in out.items()}
+    return Calibration(out, source)
+
+
+def random_calibration(specs: list, n: int, seed: int) -> Calibration:
+    """Standard-normal inputs, for an explicit --calib-random N (a smoke test, not real data)."""
+    if n <= 0:
+        raise OnnxPruneError(f"--calib-random needs a positive sample count, got {n}")
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        if spec.dtype.kind != "f":
+            raise OnnxPruneError(f"--calib-random cannot invent values for {spec.dtype} input '{spec.name}'; "
+                                 "give real data with --calib")
+        if any(d is None for d in spec.dims[1:]):
+            raise OnnxPruneError(f"--calib-random needs static dimensions; input '{spec.name}' has {spec.dims}")
+        arrays[spec.name] = rng.standard_normal((n, *spec.dims[1:])).astype(spec.dtype)
+    return Calibration(arrays, f"random({n})")
+
+
+def _check_array(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+    where = f"{source}: array for input '{spec.name}'"
+    if a.ndim != len(spec.dims):
+        raise OnnxPruneError(f"{where} has rank {a.ndim} {a.shape}; the model expects rank {len(spec.dims)} "
+                             f"{_fmt(spec.dims)} with samples on axis 0")
+    for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):
+        if axis > 0 and want is not None and have != want:
+            raise OnnxPruneError(f"{where} has shape {a.shape}; the model expects {_fmt(spec.dims)}")
+    a = _convert(a, spec, where)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise OnnxPruneError(f"{where} contains NaN or Inf values; clean the data first")
+    return a
+
+
+def _convert(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    want = spec.dtype
+    if a.dtype == want:
+        return a
+    if a.dtype.kind == want.kind or (a.dtype.kind in "ui" and want.kind in "ui"):
+        converted = a.astype(want)
+        if want.kind in "ui" and not np.array_equal(converted, a):
+            raise OnnxPruneError(f"{where} has values that do not fit {want}")
+        return converted
+    hint = " (e.g. x.astype('float32') / 255 for images)" if a.dtype.kind in "ui" and want.kind == "f" else ""
+    raise OnnxPruneError(f"{where} is {a.dtype}, the model input is {want}; convert it{hint}")
+
+
+def _fmt(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+

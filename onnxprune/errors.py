@@ -1,0 +1,15 @@
+"""The one exception type for mistakes a user can fix (bad paths, bad data, bad options).
+
+The CLI turns it into a one-line message and a non-zero exit; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class OnnxPruneError(Exception):
+    """A user-facing error: the message says what is wrong and how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line user errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,223 @@
+"""`prune`: load -> analyze -> budget -> capture -> select -> reweight -> rewrite -> verify -> report.
+
+Every option and input is validated before the first slow stage starts.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from . import __version__, runtime
+from .analyze import analyze
+from .budget import counts_for_compression, counts_for_keep
+from .calib import Calibration, from_arrays, input_specs, load_calibration, random_calibration
+from .capture import Capturer
+from .errors import OnnxPruneError
+from .flops import model_flops
+from .graph import GraphIndex, float_param_count
+from .groups import feature_rows
+from .modelio import load_model, normalize, check_model
+from .problem import Problem
+from .reweight import DEFAULT_RIDGE, least_squares
+from .report import GroupReport, Report
+from .rewrite import apply_group
+from .select import METHODS, select
+from .verify import check, output_fidelity
+from .weights import consumer_matrix, consumer_update
+from .xp import array_module
+
+MODES = ("layer", "seq", "asym")
+VERIFY_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    keep: float | None = None
+    compression: float | None = None
+    method: str = "greedy"
+    mode: str = "asym"
+    reweight: bool = True
+    seed: int = 0
+    exclude: tuple = ()
+    samples: int | None = None          # None: first 512, or all when fewer
+    batch_size: int = 32
+    calib_random: int | None = None
+    device: str = "auto"
+    ridge: float = DEFAULT_RIDGE
+
+    def validate(self) -> None:
+        if (self.keep is None) == (self.compression is None):
+            raise OnnxPruneError("give exactly one budget: --keep FRACTION or --compression RATIO")
+        if self.keep is not None and not (0 < self.keep <= 1):
+            raise OnnxPruneError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.compression is not None and not self.compression >= 1:
+            raise OnnxPruneError(f"--compression must be >= 1 (original/pruned parameters), got {self.compression}")
+        if self.method not in METHODS:
+            raise OnnxPruneError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mode not in MODES:
+            raise OnnxPruneError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.batch_size <= 0:
+            raise OnnxPruneError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.ridge < 0:
+            raise OnnxPruneError(f"--ridge must be >= 0, got {self.ridge}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method == "greedy" or self.reweight
+
+
+@dataclass
+class _Clock:
+    seconds: dict = field(default_factory=dict)
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - since)
+        return now
+
+
+def prune(model, calib=None, *, progress: Callable | None = None, **options):
+    """Prune `model` (a path or ModelProto) and return (pruned ModelProto, Report).
+
+    `calib` is a path (.npz/.npy), a dict of arrays per input name, one array, a Calibration,
+    or None (then pass calib_random=N, or use a data-free method without reweighting).
+    Keyword options are the fields of PruneOptions.
+    """
+    opts = PruneOptions(**{k: tuple(v) if k == "exclude" else v for k, v in options.items()})
+    opts.validate()
+    start = time.perf_counter()
+    clock = _Clock()
+    source = None
+    if isinstance(model, (str, os.PathLike)):
+        source = str(model)
+        model = load_model(model)
+    else:
+        check_model(model, "the model")
+        model = normalize(model)
+    t = time.perf_counter()
+    index = GraphIndex.build(model)
+    analysis = analyze(model, opts.exclude, index)
+    groups = list(analysis.groups)
+    adds_bias = opts.reweight
+    counts = (counts_for_keep(groups, opts.keep) if opts.keep is not None
+              else counts_for_compression(index, groups, opts.compression, adds_bias))
+    calibration = _calibration(model, calib, opts)
+    device = runtime.resolve_device(opts.device)
+    xp = array_module(device if opts.device != "auto" else "auto")
+    t = clock.add("analyze", t)
+
+    state = _Run(model, opts, calibration, device, xp, clock, progress)
+    pruned, group_reports = state.run(groups, counts)
+
+    t = time.perf_counter()
+    check(pruned)
+    verify = {"checker": "passed"}
+    if calibration is not None:
+        verify.update(output_fidelity(model, pruned, calibration.head(VERIFY_SAMPLES), opts.batch_size, device))
+    clock.add("verify", t)
+    clock.seconds["total"] = time.perf_counter() - start
+    report = Report(
+        input=source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight, seed=opts.seed,
+        device=device,
+        calibration=({"source": calibration.source, "samples": calibration.samples} if calibration else None),
+        budget={"keep": opts.keep, "compression_target": opts.compression},
+        params_before=float_param_count(model), params_after=float_param_count(pruned),
+        flops_before=model_flops(model, index), flops_after=model_flops(pruned),
+        groups=group_reports, skipped=[s.to_dict() for s in analysis.skipped], verify=verify,
+        seconds={k: round(v, 3) for k, v in clock.seconds.items()},
+        tool={"name": "onnxprune", "version": __version__},
+    )
+    return pruned, report
+
+
+def _calibration(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:
+    specs = input_specs(model)
+    if calib is not None and opts.calib_random is not None:
+        raise OnnxPruneError("give either calibration data or --calib-random N, not both")
+    if isinstance(calib, Calibration):
+        return from_arrays(calib.arrays, specs, opts.samples, calib.source)
+    if isinstance(calib, (str, os.PathLike)):
+        return load_calibration(calib, specs, opts.samples)
+    if calib is not None:
+        return from_arrays(calib, specs, opts.samples)
+    if opts.calib_random is not None:
+        return random_calibration(specs, opts.calib_random, opts.seed)
+    if opts.needs_data:
+        raise OnnxPruneError(
+            f"--method {opts.method}{' with reweighting' if opts.reweight else ''} needs calibration inputs: "
+            "pass --calib FILE.npz (or --calib-random N for a smoke test on random data)"
+        )
+    return None
+
+
+class _Run:
+    """One pruning run over the groups, in topological order."""
+
+    def __init__(self, model, opts: PruneOptions, calibration, device, xp, clock: _Clock, progress):
+        self.original = model
+        self.opts = opts
+        self.xp = xp
+        self.clock = clock
+        self.progress = progress or (lambda stage, done, total: None)
+        self.capturer = (Capturer(calibration, opts.batch_size, device, xp, self.progress)
+                         if calibration is not None else None)
+
+    def run(self, groups, counts):
+        todo = [g for g in groups if counts[g.name] < g.channels]
+        layer_stats = self._layer_stats(todo) if (self.capturer and self.opts.mode == "layer") else {}
+        current = self.original
+        reports = []
+        for n, g in enumerate(groups):
+            k = counts[g.name]
+            if k >= g.channels:
+                reports.append(asdict(GroupReport(g.name, g.channels, g.channels, list(range(g.channels)), 0.0,
+                                                  [c.node for c in g.consumers])))
+                continue
+            current, report = self._prune_group(current, g, k, layer_stats.get(g.name))
+            reports.append(report)
+            self.progress("select", n + 1, len(groups))
+        return current, reports
+
+    def _layer_stats(self, groups) -> dict:
+        t = time.perf_counter()
+        consumers = [c for g in groups for c in g.consumers]
+        stats = iter(self.capturer.stats(self.original, consumers, "capture (all layers)"))
+        self.clock.add("capture", t)
+        return {g.name: [next(stats) for _ in g.consumers] for g in groups}
+
+    def _prune_group(self, current, g, k: int, stats):
+        xp, opts = self.xp, self.opts
+        idx = GraphIndex.build(current, infer=False)
+        weights = [consumer_matrix(idx, c) for c in g.consumers]
+        t = time.perf_counter()
+        if self.capturer is not None and stats is None:
+            original = self.original if opts.mode == "asym" else None
+            label = f"capture {g.name}"
+            wmap = {c.node: xp.asarray(w) for c, w in zip(g.consumers, weights)}
+            stats = self.capturer.stats(current, list(g.consumers), label, original, wmap)
+        t = self.clock.add("capture", t)
+        problems = [Problem.from_stats(s, w, xp) for s, w in zip(stats, weights)] if stats else None
+        rng = np.random.default_rng([opts.seed, g.position])
+        sel = select(opts.method, k, g.channels, problems=problems, weights=weights, xp=xp, rng=rng)
+        t = self.clock.add("select", t)
+        updates, err, energy = [], 0.0, 0.0
+        for i, c in enumerate(g.consumers):
+            if opts.reweight:
+                new = least_squares(problems[i], sel.kept, opts.ridge, xp)
+            else:
+                new = weights[i][feature_rows(sel.kept, c.block, weights[i].shape[0])]
+            if problems is not None:
+                err += problems[i].error(sel.kept, xp.asarray(new), xp)
+                energy += problems[i].target
+            updates.append(consumer_update(idx, c, new, k))
+        t = self.clock.add("reweight", t)
+        pruned = apply_group(current, g, sel.kept, updates)
+        self.clock.add("rewrite", t)
+        rel = (err / energy if energy > 0 else 0.0) if problems is not None else None
+        return pruned, asdict(GroupReport(g.name, g.channels, k, [int(i) for i in sel.kept], rel,
+                                          [c.node for c in g.consumers]))

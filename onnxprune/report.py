@@ -1,0 +1,66 @@
+"""The report of a pruning run: one JSON document (schema_version 1)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class GroupReport:
+    name: str
+    channels_before: int
+    channels_after: int
+    kept: list
+    rel_error: float | None          # ||A W - B_S W~||² / ||A W||² on the calibration data
+    consumers: list = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    input: str | None
+    output: str | None
+    method: str
+    mode: str
+    reweight: bool
+    seed: int
+    device: str
+    calibration: dict | None
+    budget: dict
+    params_before: int
+    params_after: int
+    flops_before: int | None
+    flops_after: int | None
+    groups: list
+    skipped: list
+    verify: dict
+    seconds: dict
+    schema_version: int = SCHEMA_VERSION
+    tool: dict = field(default_factory=dict)
+
+    @property
+    def compression(self) -> float:
+        return self.params_before / self.params_after if self.params_after else float("inf")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["compression"] = round(self.compression, 6)
+        d["flops_ratio"] = (round(self.flops_before / self.flops_after, 6)
+                            if self.flops_before and self.flops_after else None)
+        order = ["schema_version", "tool", "input", "output", "method", "mode", "reweight", "seed", "device",
+                 "calibration", "budget", "params_before", "params_after", "compression", "flops_before",
+                 "flops_after", "flops_ratio", "groups", "skipped", "verify", "seconds"]
+        return {k: d[k] for k in order}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def summary(self) -> str:
+        """The one-line human summary printed on stderr."""
+        flops = ""
+        if self.flops_before and self.flops_after:
+            flops = f", FLOPs {self.flops_before / self.flops_after:.2f}x fewer"
+        return (f"params {self.params_before:,} -> {self.params_after:,} ({self.compression:.2f}x){flops}, "
+                f"{len([g for g in self.groups if g['channels_after'] < g['channels_before']])}/"
+                f"{len(self.groups)} groups pruned, {self.seconds.get('total', 0):.1f} s")

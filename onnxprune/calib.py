@@ -52,6 +52,14 @@ def input_specs(model: onnx.ModelProto) -> list:
     return specs
 
 
+def fixed_batch(specs: list) -> int | None:
+    """The batch size a model with a static first dimension insists on (None: dynamic)."""
+    sizes = {s.dims[0] for s in specs if s.dims and s.dims[0] is not None}
+    if len(sizes) > 1:
+        raise OnnxPruneError(f"model inputs disagree on their fixed batch size: {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
 def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) -> Calibration:
     """Read a .npz (one array per input name, or one array for a one-input model) or .npy."""
     path = Path(path)
@@ -133,7 +141,7 @@ def _check_array(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     if a.ndim != len(spec.dims):
         raise OnnxPruneError(f"{where} has rank {a.ndim} {a.shape}; the model expects rank {len(spec.dims)} "
                              f"{_fmt(spec.dims)} with samples on axis 0")
-    for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):
+    for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):  # axis 0 is the sample axis
         if axis > 0 and want is not None and have != want:
             raise OnnxPruneError(f"{where} has shape {a.shape}; the model expects {_fmt(spec.dims)}")
     a = _convert(a, spec, where)

@@ -34,6 +34,11 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
 
 
+def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in value_info.type.tensor_type.shape.dim)
+
+
 @dataclass
 class GraphIndex:
     model: onnx.ModelProto
@@ -47,6 +52,7 @@ class GraphIndex:
     graph_inputs: list = field(default_factory=list)   # runtime inputs (not initializers)
     graph_outputs: set = field(default_factory=set)
     outer_reads: dict = field(default_factory=dict)    # node with subgraphs -> outer tensors read
+    model_dims: dict = field(default_factory=dict)     # tensor -> dims with symbolic names kept
     _arrays: dict = field(default_factory=dict)
 
     @classmethod
@@ -79,6 +85,7 @@ class GraphIndex:
             dims = _dims(vi)
             if dims is not None:
                 idx.shapes[vi.name] = dims
+                idx.model_dims[vi.name] = _symbolic_dims(vi)
             if vi.type.HasField("tensor_type"):
                 idx.elem_types[vi.name] = vi.type.tensor_type.elem_type
         for name, t in idx.initializers.items():

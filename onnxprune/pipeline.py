@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -15,7 +15,7 @@ import onnx
 from . import __version__, runtime
 from .analyze import analyze
 from .budget import counts_for_compression, counts_for_keep
-from .calib import Calibration, from_arrays, input_specs, load_calibration, random_calibration
+from .calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
 from .capture import Capturer
 from .errors import OnnxPruneError
 from .flops import model_flops
@@ -107,6 +107,13 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     counts = (counts_for_keep(groups, opts.keep) if opts.keep is not None
               else counts_for_compression(index, groups, opts.compression, adds_bias))
     calibration = _calibration(model, calib, opts)
+    batch = fixed_batch(input_specs(model))
+    if batch is not None:
+        if calibration is not None and calibration.samples < batch:
+            raise OnnxPruneError(f"the model has a fixed batch of {batch}; give at least {batch} calibration samples")
+        if calibration is not None:
+            calibration = calibration.head(calibration.samples - calibration.samples % batch)
+        opts = replace(opts, batch_size=batch)
     device = runtime.resolve_device(opts.device)
     xp = array_module(device if opts.device != "auto" else "auto")
     t = clock.add("analyze", t)
@@ -169,10 +176,22 @@ class _Run:
 
     def run(self, groups, counts):
         todo = [g for g in groups if counts[g.name] < g.channels]
-        layer_stats = self._layer_stats(todo) if (self.capturer and self.opts.mode == "layer") else {}
+        layer_stats = {}
+        if self.capturer is not None:
+            if self.opts.mode == "layer":
+                layer_stats = self._layer_stats(todo)
+            else:
+                self.capturer.plan(self.original, [g.producers[0] for g in todo])
+        try:
+            return self._run(groups, counts, layer_stats)
+        finally:
+            if self.capturer is not None:
+                self.capturer.close()
+
+    def _run(self, groups, counts, layer_stats):
         current = self.original
         reports = []
-        for n, g in enumerate(groups):
+        for g in groups:
             k = counts[g.name]
             if k >= g.channels:
                 reports.append(asdict(GroupReport(g.name, g.channels, g.channels, list(range(g.channels)), 0.0,
@@ -180,13 +199,12 @@ class _Run:
                 continue
             current, report = self._prune_group(current, g, k, layer_stats.get(g.name))
             reports.append(report)
-            self.progress("select", n + 1, len(groups))
         return current, reports
 
     def _layer_stats(self, groups) -> dict:
         t = time.perf_counter()
         consumers = [c for g in groups for c in g.consumers]
-        stats = iter(self.capturer.stats(self.original, consumers, "capture (all layers)"))
+        stats = iter(self.capturer.layer_stats(self.original, consumers, "capture (all layers)"))
         self.clock.add("capture", t)
         return {g.name: [next(stats) for _ in g.consumers] for g in groups}
 
@@ -199,11 +217,13 @@ class _Run:
             original = self.original if opts.mode == "asym" else None
             label = f"capture {g.name}"
             wmap = {c.node: xp.asarray(w) for c, w in zip(g.consumers, weights)}
-            stats = self.capturer.stats(current, list(g.consumers), label, original, wmap)
+            stats = self.capturer.step_stats(current, list(g.consumers), label, original, wmap)
         t = self.clock.add("capture", t)
         problems = [Problem.from_stats(s, w, xp) for s, w in zip(stats, weights)] if stats else None
         rng = np.random.default_rng([opts.seed, g.position])
-        sel = select(opts.method, k, g.channels, problems=problems, weights=weights, xp=xp, rng=rng)
+        label = f"select {g.name}"
+        sel = select(opts.method, k, g.channels, problems=problems, weights=weights, xp=xp, rng=rng,
+                     on_step=lambda j: self.progress(label, j, k))
         t = self.clock.add("select", t)
         updates, err, energy = [], 0.0, 0.0
         for i, c in enumerate(g.consumers):

@@ -27,13 +27,13 @@ class Selection:
 
 
 def select(method: str, k: int, channels: int, *, problems=None, weights=None, xp=np,
-           rng: np.random.Generator | None = None) -> Selection:
-    """Keep k of `channels`. greedy needs `problems`; weight-norm the consumers' `weights`
-    matrices; random an `rng`."""
+           rng: np.random.Generator | None = None, on_step=None) -> Selection:
+    """Keep k of `channels`. greedy needs `problems` (and reports each pick to `on_step`);
+    weight-norm the consumers' `weights` matrices; random an `rng`."""
     if k >= channels:
         return Selection(np.arange(channels))
     if method == "greedy":
-        order, errors = greedy_order(problems, k, xp)
+        order, errors = greedy_order(problems, k, xp, on_step)
         return Selection(np.sort(np.asarray(order)), tuple(order), tuple(errors))
     if method == "weight-norm":
         scores = sum(weight_norms(w, channels) for w in weights)
@@ -97,7 +97,7 @@ class _Residual:
         return gain
 
 
-def greedy_order(problems: list, k: int, xp) -> tuple:
+def greedy_order(problems: list, k: int, xp, on_step=None) -> tuple:
     """Pick k channels greedily by summed gain over all consumers.
 
     Returns (order, errors): errors[j] is the summed reconstruction error ||A W - B_S W~||²
@@ -116,4 +116,6 @@ def greedy_order(problems: list, k: int, xp) -> tuple:
         for s in states:
             s.pick(best)
         errors.append(max(0.0, sum(s.error for s in states)))
+        if on_step is not None:
+            on_step(len(order))
     return order, errors

@@ -166,3 +166,16 @@ def test_report_has_the_documented_keys():
     assert set(d["groups"][0]) >= {"name", "channels_before", "channels_after", "kept", "rel_error"}
     assert d["flops_after"] < d["flops_before"]
     assert set(d["seconds"]) >= {"analyze", "capture", "select", "reweight", "rewrite", "verify", "total"}
+
+
+def test_fixed_batch_dimension_sets_the_batch_size():
+    b = B.GraphBuilder()
+    x = b.input("x", [4, 6])
+    b.output(b.gemm(b.relu(b.gemm(x, 6, 8, name="fc1")), 8, 3, name="fc2"))
+    model = b.model()
+    data = {"x": np.random.default_rng(0).standard_normal((10, 6)).astype(np.float32)}
+    pruned, report = prune(model, data, keep=0.5, batch_size=32)
+    assert report.calibration["samples"] == 8 and report.verify["samples"] == 8
+    assert B.run(pruned, {"x": data["x"][:4]})[0].shape == (4, 3)
+    with pytest.raises(OnnxPruneError, match="fixed batch of 4"):
+        prune(model, {"x": data["x"][:3]}, keep=0.5)

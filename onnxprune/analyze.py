@@ -45,7 +45,7 @@ def trace_group(idx: GraphIndex, prod: Production) -> Group:
     queue = [prod.output]
     tensors, passthru, consumers = [], [], []
     slices = list(prod.slices)
-    seen = {prod.node, *prod.extra_nodes}
+    seen = set(prod.producer.nodes)
     while queue:
         tensor = queue.pop(0)
         carrier = carriers[tensor]
@@ -74,14 +74,14 @@ def trace_group(idx: GraphIndex, prod: Production) -> Group:
     if not consumers:
         raise Refusal("no Conv/Gemm/MatMul consumes the channels")
     group = Group(
-        name=prod.node,
+        name=prod.producer.node,
         channels=prod.channels,
-        producers=(prod.node,) + prod.extra_nodes,
+        producers=(prod.producer,),
         passthrough=tuple(sorted(passthru, key=idx.order.__getitem__)),
         consumers=tuple(consumers),
         slices=tuple(slices),
         tensors=tuple(tensors),
-        position=idx.order[prod.node],
+        position=idx.order[prod.producer.node],
     )
     _check_private_params(idx, group)
     return group

@@ -18,6 +18,22 @@ class ParamSlice:
 
 
 @dataclass(frozen=True)
+class Producer:
+    """A node whose output channels are the group's: its weight's `weight_axis` indexes them."""
+
+    node: str
+    op: str                  # Conv | Gemm | MatMul
+    weight: str
+    weight_axis: int
+    bias: str | None = None
+    bias_node: str | None = None     # the Add carrying a MatMul bias
+
+    @property
+    def nodes(self) -> tuple:
+        return (self.node,) + ((self.bias_node,) if self.bias_node else ())
+
+
+@dataclass(frozen=True)
 class ConvGeometry:
     """What im2col needs to lay a Conv consumer's input out as rows x (channel, kernel)."""
 
@@ -62,12 +78,17 @@ class Group:
 
     name: str
     channels: int
-    producers: tuple        # node names
+    producers: tuple        # Producer values
     passthrough: tuple      # node names, topological order
     consumers: tuple        # Consumer values
     slices: tuple           # ParamSlice of producers and pass-through ops
     tensors: tuple          # tensors carrying the channels (producer output onwards)
     position: int = 0       # topological position of the first producer
+
+    @property
+    def boundary(self) -> str:
+        """The first producer node: pruning this group changes nothing before it."""
+        return self.producers[0].node
 
     @property
     def params(self) -> tuple:
@@ -78,7 +99,7 @@ class Group:
         return {
             "name": self.name,
             "channels": self.channels,
-            "producers": list(self.producers),
+            "producers": [n for p in self.producers for n in p.nodes],
             "passthrough": list(self.passthrough),
             "consumers": [c.node for c in self.consumers],
             "block_sizes": {c.node: c.block for c in self.consumers},

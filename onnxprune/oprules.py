@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import GraphIndex, attr
-from .groups import ConvGeometry, Consumer, ParamSlice
+from .groups import ConvGeometry, Consumer, ParamSlice, Producer
 
 
 class Refusal(Exception):
@@ -29,15 +29,13 @@ class Carrier:
 
 @dataclass(frozen=True)
 class Production:
-    """A producer node: its prunable output tensor, channel count and sliced params."""
+    """A producer, its prunable output tensor, channel count and sliced params."""
 
-    node: str
-    op: str
+    producer: Producer
     output: str
     channels: int
     carrier: Carrier
     slices: tuple
-    extra_nodes: tuple = ()   # e.g. the bias Add after a MatMul
 
 
 # Element-wise ops with no parameters: channel identity is untouched.
@@ -233,11 +231,13 @@ def production(idx: GraphIndex, node) -> Production:
             _constant_bias(idx, node, node.input[2])
             slices.append(ParamSlice(node.input[2], 0))
         channels = idx.shapes[weight][0]
-        return Production(name, op, out, channels, Carrier(1, rank), tuple(slices))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        return Production(Producer(name, op, weight, 0, bias), out, channels, Carrier(1, rank), tuple(slices))
     if op == "Gemm":
         trans_b = bool(attr(node, "transB", 0))
         channels = _gemm_n(idx, node)
         slices = [ParamSlice(weight, 0 if trans_b else 1)]
+        bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = node.input[2]
             _constant_bias(idx, node, bias)
@@ -246,7 +246,8 @@ def production(idx: GraphIndex, node) -> Production:
                 slices.append(ParamSlice(bias, len(bshape) - 1))
             elif int(np.prod(bshape, dtype=np.int64)) != 1:
                 raise Refusal(f"Gemm '{name}' has a bias that is not one value per output column")
-        return Production(name, op, out, channels, Carrier(1, 2), tuple(slices))
+        return Production(Producer(name, op, weight, 0 if trans_b else 1, bias), out, channels, Carrier(1, 2),
+                          tuple(slices))
     if op == "MatMul":
         wshape = idx.shapes[weight]
         if len(wshape) != 2:
@@ -254,14 +255,13 @@ def production(idx: GraphIndex, node) -> Production:
         channels = wshape[1]
         slices = [ParamSlice(weight, 1)]
         bias, bias_node = matmul_bias(idx, node)
-        extra = ()
         if bias is not None:
             bshape = idx.shapes[bias]
             if bshape[-1] == channels:
                 slices.append(ParamSlice(bias, len(bshape) - 1))
             out = idx.nodes[bias_node].output[0]
-            extra = (bias_node,)
-        return Production(name, op, out, channels, Carrier(rank - 1, rank), tuple(slices), extra)
+        return Production(Producer(name, op, weight, 1, bias, bias_node), out, channels, Carrier(rank - 1, rank),
+                          tuple(slices))
     raise Refusal(f"{op} '{name}' is not a supported producer")
 
 

@@ -181,7 +181,7 @@ class _Run:
             if self.opts.mode == "layer":
                 layer_stats = self._layer_stats(todo)
             else:
-                self.capturer.plan(self.original, [g.producers[0] for g in todo])
+                self.capturer.plan(self.original, [g.boundary for g in todo])
         try:
             return self._run(groups, counts, layer_stats)
         finally:

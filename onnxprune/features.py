@@ -33,9 +33,9 @@ def design_rows(x, c: Consumer, xp, dtype):
 
 def canonical_order(c: Consumer, features: int) -> np.ndarray | None:
     """Permutation taking design_rows' column order to channel-block order (None: identity)."""
-    if c.op != "Conv" or c.block == 1:
+    if c.op != "Conv" or c.kernel_area == 1:
         return None
-    kernel_area = c.block
+    kernel_area = c.kernel_area
     channels = (features - 1) // kernel_area
     ch, k = np.meshgrid(np.arange(channels), np.arange(kernel_area), indexing="ij")
     return np.append((k * channels + ch).ravel(), features - 1)

@@ -53,6 +53,7 @@ class GraphIndex:
     graph_outputs: set = field(default_factory=set)
     outer_reads: dict = field(default_factory=dict)    # node with subgraphs -> outer tensors read
     model_dims: dict = field(default_factory=dict)     # tensor -> dims with symbolic names kept
+    folded: dict = field(default_factory=dict)         # small tensors computed from constants only
     _arrays: dict = field(default_factory=dict)
 
     @classmethod
@@ -91,6 +92,8 @@ class GraphIndex:
         for name, t in idx.initializers.items():
             idx.shapes[name] = tuple(t.dims)
             idx.elem_types[name] = t.data_type
+        if infer:
+            idx.folded = _fold_constants(idx)
         return idx
 
     def is_constant(self, name: str) -> bool:
@@ -102,6 +105,14 @@ class GraphIndex:
             self._arrays[name] = numpy_helper.to_array(self.initializers[name])
         return self._arrays[name]
 
+    def known_value(self, name: str):
+        """A tensor's value when it is an initializer or computed from constants only, else None.
+
+        Read-only: folded values are not initializers and cannot be rewritten."""
+        if name in self.initializers:
+            return self.array(name)
+        return self.folded.get(name)
+
     def uses(self, name: str) -> list:
         return self.consumers.get(name, [])
 
@@ -111,6 +122,43 @@ class GraphIndex:
 
     def topo_nodes(self):
         return list(self.model.graph.node)
+
+
+# Cheap, deterministic ops that shape plumbing is built from (PyTorch exports compute Pad
+# amounts and Reshape targets with them).
+FOLDABLE = {"Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze", "Squeeze",
+            "Gather", "Identity", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Flatten", "Expand", "Constant"}
+FOLD_LIMIT = 4096
+
+
+def _fold_constants(idx: "GraphIndex") -> dict:
+    """Evaluate small nodes whose inputs are all known, in topological order."""
+    from onnx.reference import ReferenceEvaluator
+
+    opset = next((o.version for o in idx.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    known = {}
+    for node in idx.model.graph.node:
+        if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):
+            continue
+        names = [i for i in node.input if i]
+        if not all(n in idx.initializers and int(np.prod(idx.initializers[n].dims)) <= FOLD_LIMIT or n in known
+                   for n in names):
+            continue
+        values = [known[n] if n in known else numpy_helper.to_array(idx.initializers[n]) for n in names]
+        try:
+            sub = onnx.helper.make_graph(
+                [node], "fold",
+                [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for n, v in zip(names, values)],
+                [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output])
+            model = onnx.helper.make_model(sub, opset_imports=[onnx.helper.make_opsetid("", opset)])
+            outputs = ReferenceEvaluator(model).run(None, dict(zip(names, values)))
+        except Exception:  # noqa: BLE001 - folding is best effort; unknown stays unknown
+            continue
+        for name, value in zip(node.output, outputs):
+            if name and np.asarray(value).size <= FOLD_LIMIT:
+                known[name] = np.asarray(value)
+    return known
 
 
 def _subgraph_outer_reads(node: onnx.NodeProto) -> set:

@@ -1,25 +1,51 @@
 """Typed results of graph analysis: prunable channel groups and the layers left alone.
 
 These are plain frozen values; every later stage (capture, select, rewrite, budget) reads
-them and none of them needs the graph traversal again.
+them and none of them needs the graph traversal again. Every place that depends on a group's
+channels is a *site* carrying the channel layout of that axis (see layout.py), so a site can
+be rewritten in the current model's coordinates whatever else was pruned before.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layout import Layout
 
 
 @dataclass(frozen=True)
-class ParamSlice:
-    """An initializer whose `axis` is indexed by the group's channels, `block` elements each."""
+class ParamSite:
+    """An initializer whose `axis` is laid out like `layout`."""
 
     name: str
     axis: int
-    block: int = 1
+    layout: Layout
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "axis": self.axis, "block": self.layout.block}
+
+
+@dataclass(frozen=True)
+class AttrSite:
+    """A value derived from channel counts: a Conv `group`, Split sizes, a Reshape entry.
+
+    kind 'conv_group': node's `group` = positions of layouts[0];
+    kind 'split': node's split sizes = positions x block of each output layout;
+    kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor.
+    """
+
+    node: str
+    kind: str
+    layouts: tuple
+    name: str | None = None
+    index: int = 0
+    factor: int = 1
 
 
 @dataclass(frozen=True)
 class Producer:
-    """A node whose output channels are the group's: its weight's `weight_axis` indexes them."""
+    """A node whose output channels are a group's: its weight's `weight_axis` indexes them."""
 
     node: str
     op: str                  # Conv | Gemm | MatMul
@@ -46,19 +72,18 @@ class ConvGeometry:
 
 @dataclass(frozen=True)
 class Consumer:
-    """A Conv / Gemm / MatMul reading the group's channels; its input weights are refitted.
+    """A Conv / Gemm / MatMul reading pruned channels; its input weights are refitted.
 
-    `block` is how many weight rows (features) one channel owns: kernel area times the
-    Flatten block. Features of channel c are rows [c*block, (c+1)*block) of `matrix` form.
+    `layout` describes the contracted axis of its data input. Its weight matrix rows (see
+    weights.py) are that axis's elements, each expanded by the kernel area for a Conv.
     """
 
     node: str
     op: str                 # Conv | Gemm | MatMul
     input: str              # the tensor captured for statistics
     weight: str
-    weight_axis: int        # axis of `weight` indexed by the group's channels
-    flatten_block: int      # columns per channel when a Flatten sits in between
-    block: int
+    weight_axis: int        # axis of `weight` indexed by the input channels
+    layout: Layout
     bias: str | None = None          # Conv B, Gemm C, or the constant of the MatMul's Add
     bias_node: str | None = None     # the Add node carrying a MatMul bias
     trans_a: bool = False
@@ -68,21 +93,44 @@ class Consumer:
     conv: ConvGeometry | None = None
 
     @property
-    def weight_slice(self) -> ParamSlice:
-        return ParamSlice(self.weight, self.weight_axis, self.flatten_block)
+    def kernel_area(self) -> int:
+        return int(np.prod(self.conv.kernel, dtype=np.int64)) if self.conv else 1
+
+    @property
+    def block(self) -> int:
+        """Weight rows (features) per input channel position."""
+        return self.layout.block * self.kernel_area
+
+    @property
+    def weight_site(self) -> ParamSite:
+        return ParamSite(self.weight, self.weight_axis, self.layout)
+
+    def features(self, positions, total_positions: int) -> np.ndarray:
+        """Weight-matrix rows of the given current input positions, position by position."""
+        from .layout import element_indices
+
+        elems = element_indices(positions, self.layout, total_positions)
+        k = self.kernel_area
+        return (elems[:, None] * k + np.arange(k)).ravel()
 
 
 @dataclass(frozen=True)
 class Group:
-    """Channels that are removed together, with every node and parameter that depends on them."""
+    """Channels that are removed together, with every node and parameter that depends on them.
+
+    Several sources (producer outputs) form one group when an element-wise op couples them
+    (residual Add, gated Mul): channel c of each of them is kept or removed together.
+    """
 
     name: str
     channels: int
     producers: tuple        # Producer values
+    sources: tuple          # source ids (producer node names) of the coupled outputs
     passthrough: tuple      # node names, topological order
     consumers: tuple        # Consumer values
-    slices: tuple           # ParamSlice of producers and pass-through ops
-    tensors: tuple          # tensors carrying the channels (producer output onwards)
+    sites: tuple            # ParamSite of producers and pass-through ops
+    attr_sites: tuple = ()  # AttrSite values
+    tensors: tuple = ()     # tensors carrying the channels
     position: int = 0       # topological position of the first producer
 
     @property
@@ -92,8 +140,8 @@ class Group:
 
     @property
     def params(self) -> tuple:
-        """Every initializer axis indexed by this group's channels (consumers included)."""
-        return self.slices + tuple(c.weight_slice for c in self.consumers)
+        """Every initializer axis that depends on this group's channels (consumers included)."""
+        return self.sites + tuple(c.weight_site for c in self.consumers)
 
     def to_dict(self) -> dict:
         return {
@@ -103,7 +151,8 @@ class Group:
             "passthrough": list(self.passthrough),
             "consumers": [c.node for c in self.consumers],
             "block_sizes": {c.node: c.block for c in self.consumers},
-            "params": [asdict(p) for p in self.params],
+            "params": [p.to_dict() for p in self.params],
+            "attributes": [{"node": a.node, "kind": a.kind} for a in self.attr_sites],
         }
 
 
@@ -131,6 +180,17 @@ class Analysis:
                 return g
         raise KeyError(name)
 
+    def coverage(self, index) -> dict:
+        """Share of Conv/Gemm/MatMul output channels that are prunable."""
+        prunable = sum(g.channels * len(g.producers) for g in self.groups)
+        skipped = 0
+        for s in self.skipped:
+            dims = index.shapes.get(index.nodes[s.node].output[0]) if s.node in index.nodes else None
+            skipped += _output_channels(index, s.node) if dims is not None else 0
+        total = prunable + skipped
+        return {"prunable_channels": prunable, "total_channels": total,
+                "share": round(prunable / total, 4) if total else 0.0}
+
     def to_dict(self) -> dict:
         return {
             "groups": [g.to_dict() for g in self.groups],
@@ -138,16 +198,21 @@ class Analysis:
         }
 
 
+def _output_channels(index, node_name: str) -> int:
+    node = index.nodes[node_name]
+    w = index.shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if not w:
+        return 0
+    if node.op_type == "Conv":
+        return int(w[0])
+    if node.op_type == "Gemm":
+        from .graph import attr
+
+        return int(w[0] if attr(node, "transB", 0) else w[-1])
+    return int(w[-1])
+
+
 def channel_indices(kept, block: int):
     """Positions along an axis of the kept channels when each channel owns `block` of them."""
-    import numpy as np
-
     kept = np.asarray(kept, dtype=np.int64)
     return (kept[:, None] * block + np.arange(block, dtype=np.int64)).ravel()
-
-
-def feature_rows(kept, block: int, total: int):
-    """Rows of a (features + 1)-row consumer matrix for the kept channels, plus the intercept."""
-    import numpy as np
-
-    return np.append(channel_indices(kept, block), total - 1)

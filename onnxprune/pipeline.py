@@ -20,16 +20,16 @@ from .capture import Capturer
 from .errors import OnnxPruneError
 from .flops import model_flops
 from .graph import GraphIndex, float_param_count
-from .groups import feature_rows
 from .modelio import load_model, normalize, check_model
-from .problem import Problem
+from .layout import Alive
+from .problem import ChannelView, Problem, original_rows
 from .reweight import DEFAULT_RIDGE, least_squares
 from .report import GroupReport, Report
 from .rewrite import apply_group
 from .select import METHODS, select
 from .verify import check, output_fidelity
 from .weights import consumer_matrix, consumer_update
-from .xp import array_module
+from .xp import array_module, to_numpy
 
 MODES = ("layer", "seq", "asym")
 VERIFY_SAMPLES = 256
@@ -163,14 +163,16 @@ def _calibration(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibrati
 
 
 class _Run:
-    """One pruning run over the groups, in topological order."""
+    """One pruning run over the groups, in topological order of their first producers."""
 
     def __init__(self, model, opts: PruneOptions, calibration, device, xp, clock: _Clock, progress):
         self.original = model
+        self.original_index = GraphIndex.build(model, infer=False)
         self.opts = opts
         self.xp = xp
         self.clock = clock
         self.progress = progress or (lambda stage, done, total: None)
+        self.alive = Alive()
         self.capturer = (Capturer(calibration, opts.batch_size, device, xp, self.progress)
                          if calibration is not None else None)
 
@@ -197,47 +199,76 @@ class _Run:
                 reports.append(asdict(GroupReport(g.name, g.channels, g.channels, list(range(g.channels)), 0.0,
                                                   [c.node for c in g.consumers])))
                 continue
-            current, report = self._prune_group(current, g, k, layer_stats.get(g.name))
+            current, report = self._prune_group(current, g, k, layer_stats)
             reports.append(report)
         return current, reports
 
     def _layer_stats(self, groups) -> dict:
+        """Statistics of every distinct consumer from one pass of the original model."""
         t = time.perf_counter()
-        consumers = [c for g in groups for c in g.consumers]
-        stats = iter(self.capturer.layer_stats(self.original, consumers, "capture (all layers)"))
+        consumers = list({c.node: c for g in groups for c in g.consumers}.values())
+        stats = self.capturer.layer_stats(self.original, consumers, "capture (all layers)")
         self.clock.add("capture", t)
-        return {g.name: [next(stats) for _ in g.consumers] for g in groups}
+        return {c.node: s for c, s in zip(consumers, stats)}
 
-    def _prune_group(self, current, g, k: int, stats):
+    def _prune_group(self, current, g, k: int, layer_stats: dict):
         xp, opts = self.xp, self.opts
         idx = GraphIndex.build(current, infer=False)
-        weights = [consumer_matrix(idx, c) for c in g.consumers]
+        members = set(g.sources)
+        matrices = [consumer_matrix(idx, c) for c in g.consumers]
+        views = [ChannelView.of(c, members, g.channels, self.alive) for c in g.consumers]
+        problems = self._problems(current, g, matrices, views, layer_stats)
         t = time.perf_counter()
-        if self.capturer is not None and stats is None:
-            original = self.original if opts.mode == "asym" else None
-            label = f"capture {g.name}"
-            wmap = {c.node: xp.asarray(w) for c, w in zip(g.consumers, weights)}
-            stats = self.capturer.step_stats(current, list(g.consumers), label, original, wmap)
-        t = self.clock.add("capture", t)
-        problems = [Problem.from_stats(s, w, xp) for s, w in zip(stats, weights)] if stats else None
         rng = np.random.default_rng([opts.seed, g.position])
         label = f"select {g.name}"
-        sel = select(opts.method, k, g.channels, problems=problems, weights=weights, xp=xp, rng=rng,
+        sel = select(opts.method, k, g.channels, problems=problems,
+                     weights=[m[v.candidates.ravel()] for m, v in zip(matrices, views)], xp=xp, rng=rng,
                      on_step=lambda j: self.progress(label, j, k))
         t = self.clock.add("select", t)
         updates, err, energy = [], 0.0, 0.0
-        for i, c in enumerate(g.consumers):
-            if opts.reweight:
-                new = least_squares(problems[i], sel.kept, opts.ridge, xp)
+        for c, matrix, view, problem in zip(g.consumers, matrices, views,
+                                            problems or [None] * len(g.consumers)):
+            if problem is not None:
+                canonical = (least_squares(problem, sel.kept, opts.ridge, xp) if opts.reweight
+                             else to_numpy(problem.weight)[problem.rows(sel.kept)])
+                err += problem.error(sel.kept, xp.asarray(canonical), xp)
+                energy += problem.target
+                rows = view.order[problem.rows(sel.kept)]
+                new = canonical[np.argsort(rows)]
             else:
-                new = weights[i][feature_rows(sel.kept, c.block, weights[i].shape[0])]
-            if problems is not None:
-                err += problems[i].error(sel.kept, xp.asarray(new), xp)
-                energy += problems[i].target
-            updates.append(consumer_update(idx, c, new, k))
+                new = matrix[view.remaining(sel.kept)]
+            updates.append(consumer_update(idx, c, new))
         t = self.clock.add("reweight", t)
-        pruned = apply_group(current, g, sel.kept, updates)
+        pruned = apply_group(current, g, sel.kept, updates, self.alive)
+        self.alive.mark(g.sources, g.channels, sel.kept)
         self.clock.add("rewrite", t)
         rel = (err / energy if energy > 0 else 0.0) if problems is not None else None
         return pruned, asdict(GroupReport(g.name, g.channels, k, [int(i) for i in sel.kept], rel,
                                           [c.node for c in g.consumers]))
+
+    def _problems(self, current, g, matrices, views, layer_stats):
+        """One least-squares Problem per consumer (None without calibration data)."""
+        if self.capturer is None:
+            return None
+        xp, opts = self.xp, self.opts
+        t = time.perf_counter()
+        if opts.mode == "layer":
+            stats = [layer_stats[c.node] for c in g.consumers]
+            keep = [original_rows(c, self.alive) for c in g.consumers]
+            targets = [None] * len(g.consumers)
+        else:
+            targets = [self._target_weight(c) for c in g.consumers] if opts.mode == "asym" else [None] * len(
+                g.consumers)
+            original = self.original if opts.mode == "asym" else None
+            stats = self.capturer.step_stats(current, list(g.consumers), f"capture {g.name}", original,
+                                             {c.node: w for c, w in zip(g.consumers, targets)})
+            keep = [None] * len(g.consumers)
+        self.clock.add("capture", t)
+        return [Problem.build(s, m, v, xp, keep_rows=r, target_weight=w)
+                for s, m, v, r, w in zip(stats, matrices, views, keep, targets)]
+
+    def _target_weight(self, c):
+        """asym target: the original consumer matrix, limited to the outputs still present."""
+        matrix = consumer_matrix(self.original_index, c)
+        cols = self.alive.kept.get(c.node)
+        return matrix if cols is None else matrix[:, cols]

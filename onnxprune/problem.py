@@ -1,38 +1,103 @@
 """One consumer's least-squares problem, in the form selection and reweighting share.
 
 min over kept set S and new weights W~ of ||A W - B_S W~||², expressed by statistics only:
-G = Σ [B 1]ᵀ[B 1], H = G_BA W and the target energy ||A W||². Features of channel c are
-rows [c*block, (c+1)*block); the last row is the always-kept intercept.
+G = Σ [B 1]ᵀ[B 1], H = G_BA W and the target energy ||A W||².
+
+The consumer's input may hold more than this group's channels (a Concat with other groups or
+unprunable channels): those features, and the intercept, are *fixed* (always kept). The
+problem works in a canonical order: the group's candidate features channel by channel
+(`block` each), then the fixed ones, intercept last; `order` maps it back to the rows of the
+consumer's weight matrix.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .groups import feature_rows
+import numpy as np
+
+from .groups import Consumer, channel_indices
+from .layout import Alive
 from .stats import ConsumerStats
 
 
 @dataclass(frozen=True)
+class ChannelView:
+    """Where a group's channels sit among a consumer's current weight-matrix rows."""
+
+    candidates: np.ndarray      # (channels, block) row indices, channel by channel
+    fixed: np.ndarray           # other rows, intercept (the last row) last
+    rows: int                   # total rows of the current matrix (features + intercept)
+
+    @classmethod
+    def of(cls, c: Consumer, sources: set, channels: int, alive: Alive) -> "ChannelView":
+        per_channel = alive.channel_positions(c.layout, sources, channels)
+        total = alive.current_positions(c.layout)
+        cand = np.stack([c.features(p, total) for p in per_channel])
+        rows = total * c.block + 1
+        fixed = np.setdiff1d(np.arange(rows - 1), cand.ravel())
+        return cls(cand, np.append(fixed, rows - 1), rows)
+
+    @property
+    def block(self) -> int:
+        return self.candidates.shape[1]
+
+    @property
+    def order(self) -> np.ndarray:
+        return np.concatenate([self.candidates.ravel(), self.fixed])
+
+    def remaining(self, kept) -> np.ndarray:
+        """Matrix rows left once only `kept` channels stay (sorted, intercept last)."""
+        return np.sort(np.concatenate([self.candidates[np.asarray(kept, dtype=np.int64)].ravel(), self.fixed]))
+
+
+def original_rows(c: Consumer, alive: Alive) -> np.ndarray:
+    """Rows of the *original* consumer matrix that are still present (intercept last)."""
+    positions = np.flatnonzero(alive.mask(c.layout))
+    feats = c.features(positions, c.layout.positions)
+    return np.append(feats, c.layout.positions * c.block)
+
+
+@dataclass(frozen=True)
 class Problem:
-    gram: object      # (D, D)
+    gram: object      # (D, D), canonical order
     h: object         # (D, m)
-    weight: object    # (D, m) current effective weights (rows for features, last row bias)
+    weight: object    # (D, m) current effective weights, canonical order
     target: float     # ||A W||²
     block: int
     channels: int
+    fixed: int        # number of fixed features (intercept included), the last rows
 
     @classmethod
-    def from_stats(cls, stats: ConsumerStats, weight: np.ndarray, xp) -> "Problem":
+    def build(cls, stats: ConsumerStats, weight: np.ndarray, view: ChannelView, xp,
+              keep_rows: np.ndarray | None = None, target_weight: np.ndarray | None = None) -> "Problem":
+        """Canonical problem from statistics of the consumer's input.
+
+        `keep_rows` restricts statistics taken on the original model to the rows still present;
+        `target_weight` (asym) is the original consumer matrix the cross statistics target.
+        """
+        gram, cross = stats.gram, stats.cross
+        if keep_rows is not None:
+            k = xp.asarray(keep_rows)
+            gram = gram[k][:, k]
+            cross = cross[k][:, k] if cross is not None else None
+        order = xp.asarray(view.order)
         w = xp.asarray(weight, dtype=xp.float64)
-        channels = (stats.features - 1) // stats.consumer.block
-        return cls(stats.gram, stats.h(w), w, stats.target_energy(w, xp), stats.consumer.block, channels)
+        if cross is not None:
+            h = cross @ xp.asarray(target_weight, dtype=xp.float64)
+            target = float(stats.target)
+        else:
+            h = gram @ w
+            target = float(xp.sum(w * h))
+        return cls(gram[order][:, order], h[order], w[order], target, view.block,
+                   view.candidates.shape[0], len(view.fixed))
 
     def rows(self, kept) -> np.ndarray:
-        """Row indices of the kept channels' features plus the intercept."""
-        return feature_rows(kept, self.block, self.gram.shape[0])
+        """Canonical rows of the kept channels' features plus every fixed row."""
+        total = self.gram.shape[0]
+        return np.append(channel_indices(kept, self.block), np.arange(total - self.fixed, total))
 
     def error(self, kept, new_weight, xp) -> float:
-        """||A W - B_S W~||² for rows S of `kept` and weights `new_weight` (|S| x m)."""
+        """||A W - B_S W~||² for canonical rows S of `kept` and weights `new_weight` (|S| x m)."""
         s = xp.asarray(self.rows(kept))
         g = self.gram[s][:, s]
         w = xp.asarray(new_weight)

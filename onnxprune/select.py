@@ -29,7 +29,7 @@ class Selection:
 def select(method: str, k: int, channels: int, *, problems=None, weights=None, xp=np,
            rng: np.random.Generator | None = None, on_step=None) -> Selection:
     """Keep k of `channels`. greedy needs `problems` (and reports each pick to `on_step`);
-    weight-norm the consumers' `weights` matrices; random an `rng`."""
+    weight-norm each consumer's weight rows of the group's channels (`weights`); random an `rng`."""
     if k >= channels:
         return Selection(np.arange(channels))
     if method == "greedy":
@@ -43,10 +43,10 @@ def select(method: str, k: int, channels: int, *, problems=None, weights=None, x
     raise ValueError(f"unknown method {method}")
 
 
-def weight_norms(matrix, channels: int) -> np.ndarray:
-    """l1 norm of each channel's outgoing weights (its feature rows of a consumer matrix)."""
-    w = to_numpy(matrix)[:-1]
-    return np.abs(w).reshape(channels, -1).sum(axis=1)
+def weight_norms(rows, channels: int) -> np.ndarray:
+    """l1 norm of each channel's outgoing weights; `rows` are a consumer's weight rows of the
+    group's channels, channel by channel (see problem.ChannelView.candidates)."""
+    return np.abs(to_numpy(rows)).reshape(channels, -1).sum(axis=1)
 
 
 class _Residual:
@@ -59,8 +59,8 @@ class _Residual:
         self.t = p.h.copy()
         raw = xp.diagonal(p.gram)[:-1].reshape(self.channels, self.block).sum(axis=1) / self.block
         self.tol = RESIDUAL_RTOL * raw
-        last = p.gram.shape[0] - 1
-        self.error = p.target - self._condition(slice(last, last + 1), tol=0.0)
+        total = p.gram.shape[0]
+        self.error = p.target - self._condition(slice(total - p.fixed, total), tol=0.0)
 
     def gains(self):
         """Gain tr(T_Iᵀ R_II⁺ T_I) of adding each channel block I, all at once."""

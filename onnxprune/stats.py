@@ -22,24 +22,14 @@ class ConsumerStats:
     """Statistics of one consumer; `cross` is None when the target activations are B's own."""
 
     consumer: Consumer
-    gram: object            # (D, D) = Σ [B 1]ᵀ[B 1], D = channels*block + 1
-    cross: object | None    # (D, D) = Σ [B 1]ᵀ[A 1]  (asym only)
-    target: float | None    # Σ ||[A 1] W||²            (asym only)
+    gram: object            # (D, D) = Σ [B 1]ᵀ[B 1], D = features + 1, in weight-row order
+    cross: object | None    # (D, D_A) = Σ [B 1]ᵀ[A 1]  (asym only; A is the original model's input)
+    target: float | None    # Σ ||[A 1] W_A||²           (asym only)
     rows: int
 
     @property
     def features(self) -> int:
         return self.gram.shape[0]
-
-    def h(self, w):
-        """H = G_BA W: how each feature correlates with the target outputs."""
-        return (self.cross if self.cross is not None else self.gram) @ w
-
-    def target_energy(self, w, xp) -> float:
-        """||A W||², the denominator of the relative error."""
-        if self.target is not None:
-            return self.target
-        return float(xp.sum(w * (self.gram @ w)))
 
 
 class GramAccumulator:
@@ -53,12 +43,13 @@ class GramAccumulator:
         self.consumer = consumer
         self.xp = xp
         self.asym = asym
-        self.weight = weight      # effective (D, m) matrix in channel-block order (asym target)
+        self.weight = weight      # asym: the original consumer matrix (rows in A's order)
         self.gram = None
         self.cross = None
         self.target = 0.0
         self.rows = 0
-        self._order = None        # native column -> canonical position, None for identity
+        self._order = None        # weight-row order of B's native columns (None: identity)
+        self._order_a = None
         self._weight_native = None
 
     def add(self, b_batch, a_batch=None) -> None:
@@ -66,8 +57,8 @@ class GramAccumulator:
         b_batch = sample_major(b_batch, c)
         a_batch = sample_major(a_batch, c) if self.asym else None
         if self.gram is None:
-            self._start(b_batch)
-        per_sample = max(1, b_batch[:1].size * (c.block if c.op == "Conv" else 1))
+            self._start(b_batch, a_batch)
+        per_sample = max(1, b_batch[:1].size * c.kernel_area)
         step = max(1, CHUNK_ELEMENTS // per_sample)
         for start in range(0, b_batch.shape[0], step):
             b = design_rows(xp.asarray(b_batch[start:start + step]), c, xp, xp.float64)
@@ -79,15 +70,21 @@ class GramAccumulator:
                 self.target += float(xp.sum(y * y))
             self.rows += b.shape[0]
 
-    def _start(self, batch) -> None:
-        c, xp = self.consumer, self.xp
+    def _width(self, batch) -> int:
+        c = self.consumer
         width = batch.shape[1] if c.op == "Conv" else batch.shape[-1]
-        features = width * (c.block if c.op == "Conv" else 1) + 1
-        self._order = canonical_order(c, features)
+        return width * (c.kernel_area if c.op == "Conv" else 1) + 1
+
+    def _start(self, batch, a_batch) -> None:
+        xp = self.xp
+        features = self._width(batch)
+        self._order = canonical_order(self.consumer, features)
         self.gram = xp.zeros((features, features), dtype=xp.float64)
         if self.asym:
-            self.cross = xp.zeros((features, features), dtype=xp.float64)
-            native = np.argsort(self._order) if self._order is not None else None
+            features_a = self._width(a_batch)
+            self._order_a = canonical_order(self.consumer, features_a)
+            self.cross = xp.zeros((features, features_a), dtype=xp.float64)
+            native = np.argsort(self._order_a) if self._order_a is not None else None
             w = xp.asarray(self.weight, dtype=xp.float64)
             self._weight_native = w[xp.asarray(native)] if native is not None else w
 
@@ -98,7 +95,9 @@ class GramAccumulator:
         if self._order is not None:
             order = self.xp.asarray(self._order)
             gram = gram[order][:, order]
-            cross = cross[order][:, order] if cross is not None else None
+            cross = cross[order] if cross is not None else None
+        if self._order_a is not None:
+            cross = cross[:, self.xp.asarray(self._order_a)]
         return ConsumerStats(
             consumer=self.consumer,
             gram=gram,

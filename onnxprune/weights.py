@@ -43,7 +43,7 @@ def consumer_matrix(idx: GraphIndex, c: Consumer) -> np.ndarray:
     return np.vstack([m, bias[None, :]])
 
 
-def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray, kept_channels: int) -> ConsumerUpdate:
+def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray) -> ConsumerUpdate:
     """Turn a pruned (kept features + 1, outputs) matrix back into the consumer's arrays.
 
     Gemm alpha/beta are folded into the stored values (and reset to 1); a consumer without a
@@ -53,7 +53,7 @@ def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray, kept_chann
     rows, bias = matrix[:-1], matrix[-1]
     attrs = {}
     if c.op == "Conv":
-        weight = rows.T.reshape(w_old.shape[0], kept_channels, *w_old.shape[2:])
+        weight = rows.T.reshape(w_old.shape[0], -1, *w_old.shape[2:])
     elif c.op == "Gemm":
         weight = rows.T if c.trans_b else rows
         attrs = {k: 1.0 for k, v in (("alpha", c.alpha), ("beta", c.beta)) if v != 1.0}

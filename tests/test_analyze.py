@@ -23,8 +23,8 @@ def test_mlp_groups_and_last_layer_left_alone():
 def test_gemm_weight_axes_follow_transb(trans_b):
     a = analyze(B.mlp(trans_b=trans_b))
     fc1 = a.group("fc1")
-    producer_axis = {p.name: p.axis for p in fc1.slices}
-    weight = fc1.slices[0].name
+    producer_axis = {p.name: p.axis for p in fc1.sites}
+    weight = fc1.sites[0].name
     assert producer_axis[weight] == (0 if trans_b else 1)
     assert fc1.consumers[0].weight_axis == (1 if trans_b else 0)
 
@@ -36,11 +36,11 @@ def test_cnn_flatten_block_and_pass_through_params():
     ops = [n.rstrip("0123456789") for n in conv1.passthrough]
     assert ops == ["batchnormalization", "relu", "maxpool"]
     # conv weight + bias, and the four BatchNormalization parameters, all on axis 0
-    assert len(conv1.slices) == 6 and all(s.axis == 0 for s in conv1.slices)
+    assert len(conv1.sites) == 6 and all(s.axis == 0 for s in conv1.sites)
     assert conv1.consumers[0].block == 9
     conv2 = a.group("conv2")
     fc1 = conv2.consumers[0]
-    assert (fc1.op, fc1.flatten_block, fc1.block) == ("Gemm", 16, 16)
+    assert (fc1.op, fc1.layout.block, fc1.block) == ("Gemm", 16, 16)
 
 
 def test_global_pool_gives_block_one():
@@ -57,18 +57,34 @@ def test_matmul_with_and_without_bias():
     assert without.producers[0].nodes == ("mm1",) and without.consumers[0].bias is None
 
 
-def test_residual_add_is_refused_with_reason():
+def residual_block(head: bool):
     b = B.GraphBuilder()
     x = b.input("x", ["N", 4, 6, 6])
     stem = b.relu(b.conv(x, 4, 8, name="stem"))
     inner = b.relu(b.conv(stem, 8, 8, name="inner"))
     out = b.conv(inner, 8, 8, name="out")
-    b.output(b.node("Add", [out, stem], name="residual"))
-    a = analyze(b.model())
+    y = b.relu(b.node("Add", [out, stem], name="residual"))
+    if head:
+        y = b.conv(y, 8, 3, name="head")
+    b.output(y)
+    return b.model()
+
+
+def test_residual_add_couples_its_producers_into_one_group():
+    a = analyze(residual_block(head=True))
+    assert names(a) == ["stem", "inner"]
+    stream = a.group("stem")
+    assert [p.node for p in stream.producers] == ["stem", "out"]
+    assert [c.node for c in stream.consumers] == ["inner", "head"]
+    assert "residual" in stream.passthrough
+
+
+def test_coupled_group_reaching_the_output_is_refused_for_every_member():
+    a = analyze(residual_block(head=False))
     assert names(a) == ["inner"]
     reasons = {s.node: s.reason for s in a.skipped}
-    assert "residual" in reasons["stem"] and "coupled" in reasons["stem"]
-    assert "residual" in reasons["out"]
+    assert "model output" in reasons["out"]
+    assert "coupled with 'out'" in reasons["stem"] and "model output" in reasons["stem"]
 
 
 def test_shared_weight_is_refused():
@@ -102,7 +118,7 @@ def test_prelu_slope_and_per_channel_constants_are_sliced():
     h = b.node("Add", [b.const(np.array([0.5])), h])
     b.output(b.conv(h, 4, 2, name="conv2"))
     g = analyze(b.model()).group("conv1")
-    sliced = {s.name: s.axis for s in g.slices}
+    sliced = {s.name: s.axis for s in g.sites}
     assert len(sliced) == 4                  # weight, bias, PRelu slope, Mul constant (scalar Add not)
     assert sorted(sliced.values()) == [0, 0, 0, 0]
 

@@ -8,6 +8,7 @@ from onnxprune import prune
 from onnxprune import stats as stats_module
 from onnxprune.capture import Capturer
 from onnxprune.groups import Consumer
+from onnxprune.layout import Layout, Segment
 from onnxprune.prefix import TensorStore, sample_major
 from onnxprune.stats import GramAccumulator
 
@@ -61,7 +62,8 @@ def test_gram_accumulator_chunking_and_intercept(monkeypatch):
     rng = np.random.default_rng(0)
     x, xa = rng.standard_normal((10, 3, 4)), rng.standard_normal((10, 3, 4))
     w = rng.standard_normal((5, 2))
-    c = Consumer(node="m", op="MatMul", input="x", weight="w", weight_axis=0, flatten_block=1, block=1)
+    c = Consumer(node="m", op="MatMul", input="x", weight="w", weight_axis=0,
+                 layout=Layout(2, 3, (Segment("p", 0, 4),)))
     acc = GramAccumulator(c, np, asym=True, weight=w)
     acc.add(x[:6], xa[:6])
     acc.add(x[6:], xa[6:])

@@ -7,6 +7,7 @@ import builders as B
 from onnxprune.features import canonical_order, design_rows
 from onnxprune.graph import GraphIndex
 from onnxprune.groups import ConvGeometry, Consumer
+from onnxprune.layout import Layout, Segment
 from onnxprune.weights import consumer_matrix
 
 
@@ -41,8 +42,8 @@ def test_im2col_times_weight_matrix_is_the_conv(attrs):
     geom = ConvGeometry(kernel=(k, k), strides=tuple(attrs.get("strides", [1, 1])),
                         pads=tuple(attrs.get("pads") or [0] * 4), dilations=tuple(attrs.get("dilations", [1, 1])),
                         auto_pad=attrs.get("auto_pad", "NOTSET"))
-    c = Consumer(node="c", op="Conv", input="x", weight=node.input[1], weight_axis=1, flatten_block=1,
-                 block=k * k, bias=node.input[2], conv=geom)
+    c = Consumer(node="c", op="Conv", input="x", weight=node.input[1], weight_axis=1,
+                 layout=Layout(1, 4, (Segment("p", 0, 3),)), bias=node.input[2], conv=geom)
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
     expected = B.run(model, {"x": x})[0]                       # [N, M, Ho, Wo]
     rows = design_rows(x, c, np, np.float64)
@@ -62,8 +63,9 @@ def test_gemm_matrix_includes_alpha_beta(trans_b):
     b.output(b.gemm(x, 5, 3, trans_b=trans_b, name="g", alpha=0.5, beta=2.0))
     model = b.model()
     node = model.graph.node[0]
-    c = Consumer(node="g", op="Gemm", input="x", weight=node.input[1], weight_axis=0, flatten_block=1, block=1,
-                 bias=node.input[2], trans_b=bool(trans_b), alpha=0.5, beta=2.0)
+    c = Consumer(node="g", op="Gemm", input="x", weight=node.input[1], weight_axis=0,
+                 layout=Layout(1, 2, (Segment("p", 0, 5),)), bias=node.input[2], trans_b=bool(trans_b),
+                 alpha=0.5, beta=2.0)
     xs = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
     got = design_rows(xs, c, np, np.float64) @ consumer_matrix(GraphIndex.build(model), c)
     np.testing.assert_allclose(got, B.run(model, {"x": xs})[0], rtol=1e-5, atol=1e-6)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from onnxprune.groups import Consumer, channel_indices
-from onnxprune.problem import Problem
+from onnxprune.layout import Alive, Layout, Segment
+from onnxprune.problem import ChannelView, Problem
 from onnxprune.reweight import least_squares
 from onnxprune.select import greedy_order, select
 from onnxprune.stats import ConsumerStats
@@ -16,13 +17,17 @@ def augmented(x):
 
 
 def make_problem(b, w, block=1, a=None):
-    """Problem for min ||[A 1] W - [B 1]_S W~|| (A = B unless given)."""
-    consumer = Consumer(node="c", op="MatMul", input="x", weight="w", weight_axis=0, flatten_block=block, block=block)
+    """Problem for min ||[A 1] W - [B 1]_S W~|| (A = B unless given); channel c owns
+    features [c*block, (c+1)*block)."""
+    channels = b.shape[1] // block
+    layout = Layout(1, 2, (Segment("p", 0, channels),), block=block)
+    consumer = Consumer(node="c", op="MatMul", input="x", weight="w", weight_axis=0, layout=layout)
     bb = augmented(b)
     aa = augmented(a) if a is not None else None
     stats = ConsumerStats(consumer, gram=bb.T @ bb, cross=None if aa is None else bb.T @ aa,
                           target=None if aa is None else float(np.sum((aa @ w) ** 2)), rows=b.shape[0])
-    return Problem.from_stats(stats, w, np)
+    view = ChannelView.of(consumer, {"p"}, channels, Alive())
+    return Problem.build(stats, w, view, np, target_weight=w if a is not None else None)
 
 
 def correlated_data(rows, channels, block, seed):
@@ -103,7 +108,7 @@ def test_greedy_beats_weight_norm_and_random_after_reweighting():
     p = make_problem(b, w)
     errors = {}
     for method in ("greedy", "weight-norm", "random"):
-        sel = select(method, 8, 24, problems=[p], weights=[w], xp=np, rng=np.random.default_rng(0))
+        sel = select(method, 8, 24, problems=[p], weights=[w[:-1]], xp=np, rng=np.random.default_rng(0))
         errors[method] = p.error(sel.kept, least_squares(p, sel.kept, 0.0, np), np)
     assert errors["greedy"] <= errors["weight-norm"]
     assert errors["greedy"] <= errors["random"]
@@ -123,8 +128,7 @@ def test_duplicate_zero_and_constant_channels_are_never_worth_a_pick():
 
 
 def test_weight_norm_keeps_largest_outgoing_l1():
-    w = np.zeros((5, 2))
-    w[:4] = [[1, 1], [5, 0], [0, 0.5], [3, 3]]
+    w = np.array([[1, 1], [5, 0], [0, 0.5], [3, 3]], dtype=float)
     sel = select("weight-norm", 2, 4, weights=[w], xp=np)
     assert list(sel.kept) == [1, 3]
 

@@ -70,9 +70,6 @@ class _Propagation:
                 if i < 0:
                     self._refuse_all(layout.sources, f"channels are read inside a subgraph of "
                                                      f"{node.op_type} '{node.name}'")
-        for sid in self.sources:
-            if not self.consumers[sid]:
-                self._refuse(sid, "no Conv/Gemm/MatMul consumes the channels")
 
     def _is_depthwise(self, node) -> bool:
         return node.op_type == "Conv" and attr(node, "group", 1) != 1 and node.input[0] in self.layouts
@@ -191,7 +188,12 @@ class _Propagation:
 
     def _class_refusal(self, members) -> str | None:
         reasons = [self.refused[m] for m in members if m in self.refused]
-        return reasons[0] if reasons else None
+        if reasons:
+            return reasons[0]
+        if not any(self.consumers[m] for m in members):
+            self._refuse(members[0], "no Conv/Gemm/MatMul consumes the channels")
+            return self.refused[members[0]]
+        return None
 
     def _group(self, members) -> Group:
         order = self.idx.order.__getitem__
@@ -228,7 +230,7 @@ class _Propagation:
         for c in group.consumers:
             src, ch = c.layout.owners()
             counts = np.bincount(ch[np.isin(src, list(members))], minlength=group.channels)
-            if counts.min() != counts.max():
+            if len(set(counts[counts > 0])) > 1:
                 raise Refusal(f"channels reach {c.op} '{c.node}' an uneven number of times")
 
     def _check_private_params(self, group: Group) -> None:

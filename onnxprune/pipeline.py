@@ -222,7 +222,7 @@ class _Run:
         rng = np.random.default_rng([opts.seed, g.position])
         label = f"select {g.name}"
         sel = select(opts.method, k, g.channels, problems=problems,
-                     weights=[m[v.candidates.ravel()] for m, v in zip(matrices, views)], xp=xp, rng=rng,
+                     weights=[v.dense_rows(m) for m, v in zip(matrices, views)], xp=xp, rng=rng,
                      on_step=lambda j: self.progress(label, j, k))
         t = self.clock.add("select", t)
         updates, err, energy = [], 0.0, 0.0

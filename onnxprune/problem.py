@@ -22,20 +22,27 @@ from .stats import ConsumerStats
 
 @dataclass(frozen=True)
 class ChannelView:
-    """Where a group's channels sit among a consumer's current weight-matrix rows."""
+    """Where a group's channels sit among a consumer's current weight-matrix rows.
 
-    candidates: np.ndarray      # (channels, block) row indices, channel by channel
+    A consumer may see only some of the group's channels (one output of a Split): `members`
+    lists those, in order, and `candidates` holds their rows.
+    """
+
+    candidates: np.ndarray      # (present channels, block) row indices, channel by channel
+    members: np.ndarray         # group channel of each candidate block
     fixed: np.ndarray           # other rows, intercept (the last row) last
     rows: int                   # total rows of the current matrix (features + intercept)
+    channels: int               # the group's channel count
 
     @classmethod
     def of(cls, c: Consumer, sources: set, channels: int, alive: Alive) -> "ChannelView":
         per_channel = alive.channel_positions(c.layout, sources, channels)
         total = alive.current_positions(c.layout)
-        cand = np.stack([c.features(p, total) for p in per_channel])
+        members = np.array([i for i, p in enumerate(per_channel) if p], dtype=np.int64)
+        cand = np.stack([c.features(per_channel[i], total) for i in members])
         rows = total * c.block + 1
         fixed = np.setdiff1d(np.arange(rows - 1), cand.ravel())
-        return cls(cand, np.append(fixed, rows - 1), rows)
+        return cls(cand, members, np.append(fixed, rows - 1), rows, channels)
 
     @property
     def block(self) -> int:
@@ -45,9 +52,20 @@ class ChannelView:
     def order(self) -> np.ndarray:
         return np.concatenate([self.candidates.ravel(), self.fixed])
 
+    def present(self, kept) -> np.ndarray:
+        """Candidate-block indices of the kept channels this consumer sees."""
+        return np.flatnonzero(np.isin(self.members, np.asarray(kept, dtype=np.int64)))
+
     def remaining(self, kept) -> np.ndarray:
         """Matrix rows left once only `kept` channels stay (sorted, intercept last)."""
-        return np.sort(np.concatenate([self.candidates[np.asarray(kept, dtype=np.int64)].ravel(), self.fixed]))
+        return np.sort(np.concatenate([self.candidates[self.present(kept)].ravel(), self.fixed]))
+
+    def dense_rows(self, matrix: np.ndarray) -> np.ndarray:
+        """(channels * block, m) rows of every group channel, zeros where this consumer
+        does not see the channel (for per-channel weight scores)."""
+        out = np.zeros((self.channels, self.block, matrix.shape[1]))
+        out[self.members] = matrix[self.candidates]
+        return out.reshape(self.channels * self.block, -1)
 
 
 def original_rows(c: Consumer, alive: Alive) -> np.ndarray:
@@ -64,8 +82,9 @@ class Problem:
     weight: object    # (D, m) current effective weights, canonical order
     target: float     # ||A W||²
     block: int
-    channels: int
+    channels: int     # the group's channel count
     fixed: int        # number of fixed features (intercept included), the last rows
+    members: np.ndarray   # group channel of each candidate block (see ChannelView)
 
     @classmethod
     def build(cls, stats: ConsumerStats, weight: np.ndarray, view: ChannelView, xp,
@@ -89,12 +108,13 @@ class Problem:
             h = gram @ w
             target = float(xp.sum(w * h))
         return cls(gram[order][:, order], h[order], w[order], target, view.block,
-                   view.candidates.shape[0], len(view.fixed))
+                   view.channels, len(view.fixed), view.members)
 
     def rows(self, kept) -> np.ndarray:
         """Canonical rows of the kept channels' features plus every fixed row."""
         total = self.gram.shape[0]
-        return np.append(channel_indices(kept, self.block), np.arange(total - self.fixed, total))
+        present = np.flatnonzero(np.isin(self.members, np.asarray(kept, dtype=np.int64)))
+        return np.append(channel_indices(present, self.block), np.arange(total - self.fixed, total))
 
     def error(self, kept, new_weight, xp) -> float:
         """||A W - B_S W~||² for canonical rows S of `kept` and weights `new_weight` (|S| x m)."""

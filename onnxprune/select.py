@@ -54,10 +54,13 @@ class _Residual:
 
     def __init__(self, p, xp):
         self.xp = xp
-        self.block, self.channels = p.block, p.channels
+        self.members = np.asarray(p.members)
+        self.where = {int(c): i for i, c in enumerate(self.members)}    # group channel -> block
+        self.block, self.channels = p.block, len(self.members)
         self.r = p.gram.copy()
         self.t = p.h.copy()
-        raw = xp.diagonal(p.gram)[:-1].reshape(self.channels, self.block).sum(axis=1) / self.block
+        n = self.channels * self.block
+        raw = xp.diagonal(p.gram)[:n].reshape(self.channels, self.block).sum(axis=1) / self.block
         self.tol = RESIDUAL_RTOL * raw
         total = p.gram.shape[0]
         self.error = p.target - self._condition(slice(total - p.fixed, total), tol=0.0)
@@ -80,8 +83,11 @@ class _Residual:
         return xp.sum(inv[:, :, None] * proj ** 2, axis=(1, 2))
 
     def pick(self, channel: int) -> None:
+        i = self.where.get(channel)
+        if i is None:
+            return
         k = self.block
-        self.error -= self._condition(slice(channel * k, (channel + 1) * k), tol=float(self.tol[channel]))
+        self.error -= self._condition(slice(i * k, (i + 1) * k), tol=float(self.tol[i]))
 
     def _condition(self, idx: slice, tol: float) -> float:
         """Add block `idx` to the kept set; returns its gain."""
@@ -108,7 +114,9 @@ def greedy_order(problems: list, k: int, xp, on_step=None) -> tuple:
     taken = xp.zeros(channels, dtype=bool)
     order, errors = [], [sum(s.error for s in states)]
     for _ in range(k):
-        total = sum(s.gains() for s in states)
+        total = xp.zeros(channels, dtype=xp.float64)
+        for s in states:
+            total[xp.asarray(s.members)] += s.gains()
         total = xp.where(taken, -xp.inf, total)
         best = int(xp.argmax(total))
         order.append(best)

@@ -23,7 +23,9 @@ class GraphBuilder:
 
     def const(self, array, base="w") -> str:
         name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(array).astype(self.dtype, copy=False), name))
+        array = np.asarray(array)
+        dtype = np.int64 if array.dtype.kind in "iu" else self.dtype
+        self.inits.append(numpy_helper.from_array(array.astype(dtype, copy=False), name))
         return name
 
     def randn(self, *shape, scale=None):

@@ -114,7 +114,7 @@ def test_prelu_slope_and_per_channel_constants_are_sliced():
     x = b.input("x", ["N", 3, 5, 5])
     h = b.conv(x, 3, 4, name="conv1")
     h = b.node("PRelu", [h, b.const(np.full((4, 1, 1), 0.1))])
-    h = b.node("Mul", [h, b.const(np.arange(1, 5).reshape(4, 1, 1))])
+    h = b.node("Mul", [h, b.const(np.arange(1.0, 5.0).reshape(4, 1, 1))])
     h = b.node("Add", [b.const(np.array([0.5])), h])
     b.output(b.conv(h, 4, 2, name="conv2"))
     g = analyze(b.model()).group("conv1")

@@ -141,3 +141,20 @@ def test_random_is_seeded_and_exact_size():
 
 def test_keeping_everything_is_the_identity():
     assert list(select("greedy", 4, 4).kept) == [0, 1, 2, 3]
+
+
+def test_consumers_seeing_part_of_the_channels_split_the_objective():
+    """After a Split each consumer sees some channels: the joint greedy sums what each sees."""
+    import dataclasses
+
+    b = correlated_data(200, 6, 1, seed=21)
+    rng = np.random.default_rng(22)
+    w1, w2 = rng.standard_normal((3, 2)), rng.standard_normal((4, 2))      # channels 0-1 / 2-4 + intercept
+    p1 = dataclasses.replace(make_problem(b[:, :2], w1), channels=6, members=np.array([0, 1]))
+    p2 = dataclasses.replace(make_problem(b[:, 2:5], w2), channels=6, members=np.array([2, 3, 4]))
+    order, errors = greedy_order([p1, p2], 3, np)
+    assert 5 not in order                      # seen by no consumer: worth nothing
+    first = [c for c in order if c < 2]
+    second = [c - 2 for c in order if c >= 2]
+    want = best_error(b[:, :2], w1, b[:, :2], first, 1) + best_error(b[:, 2:5], w2, b[:, 2:5], second, 1)
+    assert errors[-1] == pytest.approx(want, rel=1e-6)

@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .analyze import analyze as analyze_model
 from .errors import OnnxPruneError
+from .graph import GraphIndex
 from .modelio import load_model, save_model, validate_output_path, write_bytes_atomic
 from .pipeline import MODES, prune as prune_model
 from .progress import StderrProgress
@@ -46,16 +47,21 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def analyze(model, exclude, as_json):
     """List prunable channel groups and the layers left alone, with reasons."""
-    result = analyze_model(load_model(model), exclude)
+    loaded = load_model(model)
+    index = GraphIndex.build(loaded)
+    result = analyze_model(loaded, exclude, index)
     if as_json:
-        doc = {"schema_version": 1, "input": model, **result.to_dict()}
+        doc = {"schema_version": 1, "input": model, **result.to_dict(index)}
         click.echo(json.dumps(doc, indent=2))
         return
-    total = sum(g.channels for g in result.groups)
-    click.echo(f"{len(result.groups)} prunable group(s), {total} channels; {len(result.skipped)} layer(s) left alone")
+    cov = result.coverage(index)
+    click.echo(f"{len(result.groups)} prunable group(s); {len(result.skipped)} layer(s) left alone; "
+               f"{cov['prunable_channels']}/{cov['total_channels']} Conv/Gemm/MatMul output channels "
+               f"prunable ({100 * cov['share']:.0f}%)")
     for g in result.groups:
+        producers = ", ".join(p.node for p in g.producers)
         consumers = ", ".join(f"{c.node} (block {c.block})" for c in g.consumers)
-        click.echo(f"  {g.name}: {g.channels} channels -> {consumers}")
+        click.echo(f"  {g.name}: {g.channels} channels of {producers} -> {consumers}")
         if g.passthrough:
             click.echo(f"      through {', '.join(g.passthrough)}")
     for s in result.skipped:

@@ -181,25 +181,30 @@ class Analysis:
         raise KeyError(name)
 
     def coverage(self, index) -> dict:
-        """Share of Conv/Gemm/MatMul output channels that are prunable."""
-        prunable = sum(g.channels * len(g.producers) for g in self.groups)
-        skipped = 0
-        for s in self.skipped:
-            dims = index.shapes.get(index.nodes[s.node].output[0]) if s.node in index.nodes else None
-            skipped += _output_channels(index, s.node) if dims is not None else 0
-        total = prunable + skipped
+        """Share of Conv/Gemm/MatMul output channels that are prunable (a depthwise Conv's
+        follow its group)."""
+        inside = {p.node for g in self.groups for p in g.producers} | {n for g in self.groups for n in g.passthrough}
+        prunable = total = 0
+        for node in index.topo_nodes():
+            if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+                continue
+            width = _output_channels(index, node)
+            total += width
+            prunable += width if node.name in inside else 0
         return {"prunable_channels": prunable, "total_channels": total,
                 "share": round(prunable / total, 4) if total else 0.0}
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, index=None) -> dict:
+        out = {
             "groups": [g.to_dict() for g in self.groups],
             "skipped": [s.to_dict() for s in self.skipped],
         }
+        if index is not None:
+            out["coverage"] = self.coverage(index)
+        return out
 
 
-def _output_channels(index, node_name: str) -> int:
-    node = index.nodes[node_name]
+def _output_channels(index, node) -> int:
     w = index.shapes.get(node.input[1]) if len(node.input) > 1 else None
     if not w:
         return 0

@@ -54,6 +54,7 @@ def test_analyze_json_lists_groups_and_skipped(files):
     assert [g["name"] for g in doc["groups"]] == ["conv1", "conv2", "fc1"]
     assert doc["skipped"][0]["node"] == "fc2"
     assert {"name", "producers", "passthrough", "consumers", "channels", "block_sizes", "params"} <= set(doc["groups"][0])
+    assert doc["coverage"] == {"prunable_channels": 8 + 6 + 10, "total_channels": 8 + 6 + 10 + 3, "share": 0.8889}
 
 
 def test_analyze_human_output(files):

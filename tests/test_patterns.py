@@ -139,3 +139,12 @@ def test_swiglu_gate_and_up_lose_the_same_channels():
     assert list(init[nodes["gate"].input[1]].dims) == [8, 8]
     assert list(init[nodes["up"].input[1]].dims) == [8, 8]
     assert list(init[nodes["down"].input[1]].dims) == [8, 8]
+
+
+def test_coverage_counts_depthwise_channels_with_their_group():
+    from onnxprune.graph import GraphIndex
+
+    model = P.depthwise()
+    idx = GraphIndex.build(model)
+    cov = analyze(model, index=idx).coverage(idx)
+    assert cov == {"prunable_channels": 8 + 8 + 6, "total_channels": 8 + 8 + 6 + 3, "share": round(22 / 25, 4)}

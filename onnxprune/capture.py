@@ -77,8 +77,10 @@ class Stream:
 class Capturer:
     """Streams calibration batches through models and accumulates consumer statistics."""
 
-    def __init__(self, calib: Calibration, batch_size: int, device: str, xp, progress: Progress | None = None):
+    def __init__(self, calib: Calibration, batch_size: int, device: str, xp, progress: Progress | None = None,
+                 row_mask: str | None = None):
         self.calib = calib
+        self.row_mask = row_mask      # model input whose 0 entries mark padding tokens
         self.batch_size = batch_size
         self.device = device
         self.xp = xp
@@ -93,7 +95,7 @@ class Capturer:
         for feeds in self._batches(label):
             out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
             for acc in accs:
-                acc.add(out[acc.consumer.input])
+                acc.add(out[acc.consumer.input], row_mask=feeds.get(self.row_mask))
         return [acc.result() for acc in accs]
 
     def plan(self, original: onnx.ModelProto, boundaries: list) -> None:
@@ -134,7 +136,7 @@ class Capturer:
             b_out = cur.run_batch(start, feeds)
             a_out = ref.run_batch(start, feeds) if ref is not None else {}
             for acc in accs:
-                acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input))
+                acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input), feeds.get(self.row_mask))
             start += next(iter(feeds.values())).shape[0]
         cur.finish()
         if ref is not None:

@@ -82,6 +82,9 @@ def analyze(model, exclude, as_json):
               help="layer: original activations; seq: pruned-model activations; asym: pruned inputs, original targets.")
 @click.option("--reweight/--no-reweight", default=True, show_default=True, help="Refit consumers by least squares.")
 @click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True, help="Relative ridge of the refit.")
+@click.option("--row-mask", metavar="INPUT",
+              help="Model input marking real tokens (1) and padding (0), e.g. attention_mask: padding rows are "
+                   "left out of the statistics of token-wise (Gemm/MatMul) consumers.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--exclude", multiple=True, metavar="NAME", help="Leave this Conv/Gemm/MatMul node alone (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -90,7 +93,7 @@ def analyze(model, exclude, as_json):
 @click.option("--report", type=click.Path(), help="Also write the JSON report to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def prune(model, output, calib, calib_random, samples, batch_size, keep, compression, method, mode, reweight, ridge,
-          seed, exclude, device, force, as_json, report, quiet):
+          row_mask, seed, exclude, device, force, as_json, report, quiet):
     """Prune MODEL and write the smaller model to OUTPUT."""
     inputs = [model, calib]
     out = validate_output_path(output, inputs, force)
@@ -99,7 +102,7 @@ def prune(model, output, calib, calib_random, samples, batch_size, keep, compres
     pruned, result = prune_model(
         model, calib, keep=keep, compression=compression, method=method, mode=mode, reweight=reweight,
         seed=seed, exclude=exclude, samples=samples, batch_size=batch_size, calib_random=calib_random,
-        device=device, ridge=ridge, progress=StderrProgress(enabled=not quiet),
+        device=device, ridge=ridge, row_mask=row_mask, progress=StderrProgress(enabled=not quiet),
     )
     result.output = str(out)
     save_model(pruned, out)

@@ -49,6 +49,7 @@ class PruneOptions:
     calib_random: int | None = None
     device: str = "auto"
     ridge: float = DEFAULT_RIDGE
+    row_mask: str | None = None         # model input marking real tokens (1) and padding (0)
 
     def validate(self) -> None:
         if (self.keep is None) == (self.compression is None):
@@ -107,6 +108,7 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     counts = (counts_for_keep(groups, opts.keep) if opts.keep is not None
               else counts_for_compression(index, groups, opts.compression, adds_bias))
     calibration = _calibration(model, calib, opts)
+    _check_row_mask(opts.row_mask, calibration)
     batch = fixed_batch(input_specs(model))
     if batch is not None:
         if calibration is not None and calibration.samples < batch:
@@ -120,6 +122,11 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
 
     state = _Run(model, opts, calibration, device, xp, clock, progress)
     pruned, group_reports = state.run(groups, counts)
+    calibration_info = None
+    if calibration is not None:
+        calibration_info = {"source": calibration.source, "samples": calibration.samples}
+        if opts.row_mask:
+            calibration_info.update(row_mask=opts.row_mask, masked_consumers=sorted(state.masked))
 
     t = time.perf_counter()
     check(pruned)
@@ -131,7 +138,7 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     report = Report(
         input=source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight, seed=opts.seed,
         device=device,
-        calibration=({"source": calibration.source, "samples": calibration.samples} if calibration else None),
+        calibration=calibration_info,
         budget={"keep": opts.keep, "compression_target": opts.compression},
         params_before=float_param_count(model), params_after=float_param_count(pruned),
         flops_before=model_flops(model, index), flops_after=model_flops(pruned),
@@ -140,6 +147,17 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
         tool={"name": "onnxprune", "version": __version__},
     )
     return pruned, report
+
+
+def _check_row_mask(name: str | None, calibration: Calibration | None) -> None:
+    if name is None:
+        return
+    if calibration is None or name not in calibration.arrays:
+        have = ", ".join(sorted(calibration.arrays)) if calibration else "none"
+        raise OnnxPruneError(f"--row-mask {name} is not a model input with calibration data (inputs: {have})")
+    if calibration.arrays[name].ndim != 2:
+        raise OnnxPruneError(f"--row-mask {name} must be [samples, tokens], got shape "
+                             f"{calibration.arrays[name].shape}")
 
 
 def _calibration(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:
@@ -173,8 +191,9 @@ class _Run:
         self.clock = clock
         self.progress = progress or (lambda stage, done, total: None)
         self.alive = Alive()
-        self.capturer = (Capturer(calibration, opts.batch_size, device, xp, self.progress)
+        self.capturer = (Capturer(calibration, opts.batch_size, device, xp, self.progress, opts.row_mask)
                          if calibration is not None else None)
+        self.masked = set()           # consumers whose padding rows were dropped
 
     def run(self, groups, counts):
         todo = [g for g in groups if counts[g.name] < g.channels]
@@ -264,6 +283,7 @@ class _Run:
                                              {c.node: w for c, w in zip(g.consumers, targets)})
             keep = [None] * len(g.consumers)
         self.clock.add("capture", t)
+        self.masked.update(s.consumer.node for s in stats if s.masked)
         return [Problem.build(s, m, v, xp, keep_rows=r, target_weight=w)
                 for s, m, v, r, w in zip(stats, matrices, views, keep, targets)]
 

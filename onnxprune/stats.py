@@ -26,6 +26,7 @@ class ConsumerStats:
     cross: object | None    # (D, D_A) = Σ [B 1]ᵀ[A 1]  (asym only; A is the original model's input)
     target: float | None    # Σ ||[A 1] W_A||²           (asym only)
     rows: int
+    masked: bool = False    # padding rows were dropped (--row-mask)
 
     @property
     def features(self) -> int:
@@ -51,8 +52,11 @@ class GramAccumulator:
         self._order = None        # weight-row order of B's native columns (None: identity)
         self._order_a = None
         self._weight_native = None
+        self.masked = False       # whether a row mask applied to this consumer
 
-    def add(self, b_batch, a_batch=None) -> None:
+    def add(self, b_batch, a_batch=None, row_mask=None) -> None:
+        """Accumulate one batch; `row_mask` ([samples, tokens] of 0/1) drops padding rows of
+        token-wise (Gemm/MatMul) consumers whose rows are sample x token."""
         c, xp = self.consumer, self.xp
         b_batch = sample_major(b_batch, c)
         a_batch = sample_major(a_batch, c) if self.asym else None
@@ -60,15 +64,32 @@ class GramAccumulator:
             self._start(b_batch, a_batch)
         per_sample = max(1, b_batch[:1].size * c.kernel_area)
         step = max(1, CHUNK_ELEMENTS // per_sample)
+        keep_rows = self._row_mask(b_batch, row_mask)
         for start in range(0, b_batch.shape[0], step):
             b = design_rows(xp.asarray(b_batch[start:start + step]), c, xp, xp.float64)
+            rows = None
+            if keep_rows is not None:
+                rows = xp.asarray(keep_rows[start:start + step].reshape(-1))
+                b = b[rows]
             self.gram += xp.dot(b.T, b)     # dot, not @: NumPy then uses the symmetric kernel
             if self.asym:
                 a = design_rows(xp.asarray(a_batch[start:start + step]), c, xp, xp.float64)
+                a = a[rows] if rows is not None else a
                 self.cross += xp.dot(b.T, a)
                 y = xp.dot(a, self._weight_native)
                 self.target += float(xp.sum(y * y))
             self.rows += b.shape[0]
+
+    def _row_mask(self, batch, row_mask):
+        """Boolean [samples, rows per sample] when the mask lines up with this consumer's rows."""
+        if row_mask is None or self.consumer.op == "Conv":
+            return None
+        per_sample = batch[:1].size // max(1, batch.shape[-1])
+        mask = np.asarray(row_mask).reshape(row_mask.shape[0], -1)
+        if mask.shape[0] != batch.shape[0] or mask.shape[1] != per_sample:
+            return None
+        self.masked = True
+        return mask != 0
 
     def _width(self, batch) -> int:
         c = self.consumer
@@ -104,4 +125,5 @@ class GramAccumulator:
             cross=cross,
             target=self.target if self.asym else None,
             rows=self.rows,
+            masked=self.masked,
         )

@@ -148,3 +148,44 @@ def test_coverage_counts_depthwise_channels_with_their_group():
     idx = GraphIndex.build(model)
     cov = analyze(model, index=idx).coverage(idx)
     assert cov == {"prunable_channels": 8 + 8 + 6, "total_channels": 8 + 8 + 6 + 3, "share": round(22 / 25, 4)}
+
+
+def masked_ffn():
+    """An FFN on [N, T, 6] token vectors with an int64 mask input (unused by the math)."""
+    from onnx import TensorProto
+
+    b = B.GraphBuilder(3)
+    x = b.input("x", ["N", 5, 6])
+    b.input("mask", ["N", 5], elem=TensorProto.INT64)
+    h = b.relu(b.matmul(x, 6, 10, name="up"))
+    y = b.matmul(h, 10, 6, name="down")
+    b.output(b.node("Mul", [y, b.node("Cast", [b.node("Unsqueeze", ["mask", b.const(np.array([2]))])], to=1)]))
+    return b.model()
+
+
+def test_row_mask_drops_padding_tokens_from_the_statistics():
+    """Padding rows must not influence the fit: garbage in padded positions changes nothing."""
+    model = masked_ffn()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5, 6)).astype(np.float32)
+    mask = (np.arange(5)[None, :] < rng.integers(2, 6, size=40)[:, None]).astype(np.int64)
+    noisy = x.copy()
+    noisy[mask == 0] = 100 * rng.standard_normal(noisy[mask == 0].shape)
+    kept = []
+    for data in (x, noisy):
+        pruned, report = prune(model, {"x": data, "mask": mask}, keep=0.5, row_mask="mask")
+        kept.append(report.groups[0]["kept"])
+        assert report.calibration["masked_consumers"] == ["down"]
+    assert kept[0] == kept[1]
+    # without the mask the padded garbage dominates and the choice changes
+    _, plain = prune(model, {"x": noisy, "mask": mask}, keep=0.5)
+    assert plain.groups[0]["kept"] != kept[0]
+
+
+def test_row_mask_must_name_a_two_dimensional_input():
+    from onnxprune import OnnxPruneError
+
+    model = masked_ffn()
+    data = {"x": np.zeros((4, 5, 6), np.float32), "mask": np.ones((4, 5), np.int64)}
+    with pytest.raises(OnnxPruneError, match="--row-mask nope"):
+        prune(model, data, keep=0.5, row_mask="nope")

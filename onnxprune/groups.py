@@ -206,8 +206,9 @@ class Analysis:
 
 def _output_channels(index, node) -> int:
     w = index.shapes.get(node.input[1]) if len(node.input) > 1 else None
-    if not w:
-        return 0
+    if not w or node.op_type == "MatMul":
+        out = index.shapes.get(node.output[0])
+        return int(out[-1]) if out and out[-1] is not None else 0
     if node.op_type == "Conv":
         return int(w[0])
     if node.op_type == "Gemm":

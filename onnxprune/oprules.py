@@ -13,6 +13,7 @@ import numpy as np
 from .graph import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
+from .shapes import Const, Dim, reshape_dims, shape_entries
 
 
 class Refusal(Exception):
@@ -183,7 +184,9 @@ def _binary(idx, node, layouts, opset):
         shape = _dims(idx, name)
         axis = first.axis - (out_rank - len(shape)) if shape is not None else None
         if shape is None or (axis is not None and axis >= 0 and shape[axis] != 1):
-            raise Refusal(f"channels reach {node.op_type} node '{node.name}' together with '{name}', "
+            source = idx.producer.get(name)
+            origin = f" (output of {source.op_type} '{source.name}')" if source is not None else " (a model input)"
+            raise Refusal(f"channels reach {node.op_type} node '{node.name}' together with '{name}'{origin}, "
                           "whose channels are not prunable")
     return effect
 
@@ -236,44 +239,55 @@ def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_a
 
 def _reshape(idx, node, layouts, opset):
     layout = _only_input0(node, layouts)
-    din, dout = _dims(idx, node.input[0]), _dims(idx, node.output[0])
-    shape = _const_ints(idx, node, node.input[1])
+    din = _dims(idx, node.input[0])
+    entries = shape_entries(idx, node.input[1])
+    dout = reshape_dims(idx, node.input[0], entries) if entries is not None else None
+    if dout is None and entries is not None and din is not None and layout.axis == len(din) - 1 \
+            and din[-1] is not None and len(entries) >= 2 and all(isinstance(e, Const) for e in entries[-2:]) \
+            and entries[-2].value * entries[-1].value == din[-1]:
+        raise Refusal(f"Reshape '{node.name}' splits the channel axis into {entries[-2].value} heads of "
+                      f"{entries[-1].value} (attention heads are not pruned)")
     if din is None or dout is None or any(d is None for d in din[1:]) or any(d is None for d in dout[1:]) \
             or (din[0] is None) != (dout[0] is None) or (din[0] is not None and din[0] != dout[0]):
         raise Refusal(f"Reshape '{node.name}' has shapes onnxprune cannot follow (dynamic or batch-mixing)")
+    new = _reshaped_layout(layout, din, dout)
+    if new is None:
+        raise Refusal(f"Reshape '{node.name}' splits or scatters the channel axis")
+    effect = _out(node, new)
+    entry = entries[new.axis]
+    if isinstance(entry, Dim):
+        if not (entry.tensor == node.input[0] and entry.axis == layout.axis and new.block == layout.block):
+            raise Refusal(f"Reshape '{node.name}' sets its channel axis from another dimension")
+    elif entry.value == 0 and new.axis != layout.axis:
+        raise Refusal(f"Reshape '{node.name}' copies a dimension across the channel axis")
+    elif entry.value > 0:
+        if entry.initializer is None:
+            raise Refusal(f"Reshape '{node.name}' takes its channel width from a computed constant")
+        effect.sites.append(AttrSite(node.name, "reshape", (new,), name=entry.initializer, index=entry.index,
+                                     factor=dout[new.axis] // new.positions))
+    return effect
+
+
+def _reshaped_layout(layout: Layout, din, dout):
+    """The layout after a Reshape from dims `din` to `dout`, or None when it is scattered."""
     a = layout.axis
     prefix = int(np.prod(din[1:a], dtype=np.int64))
-    for b in range(1, len(dout)):
-        if int(np.prod(dout[1:b], dtype=np.int64)) == prefix:
-            break
-    else:
-        b = None
-    new = None
+    b = next((b for b in range(1, len(dout)) if int(np.prod(dout[1:b], dtype=np.int64)) == prefix), None)
     if b is not None and b < len(dout):
         inner_in = int(np.prod(din[a + 1:], dtype=np.int64))
         inner_out = int(np.prod(dout[b + 1:], dtype=np.int64))
         if dout[b] == din[a] and inner_out == inner_in:
-            new = replace(layout, axis=b, rank=len(dout))                          # channel axis kept
-        elif layout.block == 1 and not layout.interleaved and dout[b] % din[a] == 0 \
+            return replace(layout, axis=b, rank=len(dout))                          # channel axis kept
+        if layout.block == 1 and not layout.interleaved and dout[b] % din[a] == 0 \
                 and dout[b] * inner_out == din[a] * inner_in:
-            new = Layout(b, len(dout), layout.segments, block=dout[b] // din[a])   # merged with inner dims
-        elif layout.block > 1 and not layout.interleaved and dout[b] == layout.positions \
+            return Layout(b, len(dout), layout.segments, block=dout[b] // din[a])   # merged with inner dims
+        if layout.block > 1 and not layout.interleaved and dout[b] == layout.positions \
                 and dout[b] * inner_out == din[a] * inner_in:
-            new = Layout(b, len(dout), layout.segments)                            # un-flattened
-    if new is None:
-        merged = _nhwc_merge(din, dout, a)
-        if merged is not None and layout.block == 1:
-            new = Layout(merged[0], len(dout), layout.segments, block=merged[1], interleaved=True)
-    if new is None:
-        raise Refusal(f"Reshape '{node.name}' splits or scatters the channel axis")
-    effect = _out(node, new)
-    entry = shape[new.axis] if new.axis < len(shape) else -1
-    if entry > 0:
-        effect.sites.append(AttrSite(node.name, "reshape", (new,), name=node.input[1], index=new.axis,
-                                     factor=dout[new.axis] // new.positions))
-    elif entry == 0 and new.axis != a:
-        raise Refusal(f"Reshape '{node.name}' copies a dimension across the channel axis")
-    return effect
+            return Layout(b, len(dout), layout.segments)                            # un-flattened
+    merged = _nhwc_merge(din, dout, a)
+    if merged is not None and layout.block == 1:
+        return Layout(merged[0], len(dout), layout.segments, block=merged[1], interleaved=True)
+    return None
 
 
 def _nhwc_merge(din, dout, a):
@@ -287,6 +301,19 @@ def _nhwc_merge(din, dout, a):
                     and int(np.prod(dout[b + 1:], dtype=np.int64)) == rest_in and rest_in == 1:
                 return b, merged // din[a]
     return None
+
+
+def _shape(idx, node, layouts, opset):
+    """Shape reads dimensions, not values: fine while nothing uses the channel count."""
+    layout = _only_input0(node, layouts)
+    start = attr(node, "start", 0)
+    start = start + layout.rank if start < 0 else start
+    for user, _ in idx.uses(node.output[0]):
+        picks = idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
+        if picks is None or attr(user, "axis", 0) != 0 or \
+                layout.axis - start in [int(p) for p in np.asarray(picks).reshape(-1)]:
+            raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
+    return Effect()
 
 
 def _transpose(idx, node, layouts, opset):
@@ -485,4 +512,5 @@ _HANDLERS = {
     "Resize": _resize,
     "Upsample": _resize,
     "Gather": _gather,
+    "Shape": _shape,
 }

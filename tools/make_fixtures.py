@@ -1,0 +1,551 @@
+"""Export six small, realistically structured PyTorch models as ONNX test fixtures.
+
+How to run (from the repository root)::
+
+    pip install torch==2.13.0 onnx onnxruntime
+    python tools/make_fixtures.py
+
+Pin torch exactly (``torch==2.13.0``): an unpinned ``pip install torch`` pulls gigabytes of
+CUDA packages. torch is used only by this script, never by the ``onnxprune`` package or its
+tests: they read the committed files in ``tests/fixtures/``. The script runs on the CPU in a
+few seconds and is deterministic (a rerun writes byte-identical files).
+
+The models have random, *untrained* weights (``torch.manual_seed(0)`` before each model is
+built); every BatchNorm gets random running statistics and affine parameters so that folding
+it is not an identity, and every LayerNorm random affine parameters (with the default ones and
+zeros the exporter would deduplicate them into one shared initializer plus Identity nodes).
+They are exported in eval mode with the TorchScript exporter (``dynamo=False``), opset 17,
+``do_constant_folding=True``, a dynamic batch axis (and a dynamic sequence axis for the token
+models); the exporter writes IR version 8 (capped at 10 should a later exporter write more,
+so that older onnxruntime releases load the files). Written to ``tests/fixtures/``:
+
+``resnet_proj.onnx``
+    narrow ResNet-18-style CNN: stem conv 3->8 + BN + ReLU, three stages of two BasicBlocks
+    (widths 8, 16, 32), the first block of stages 2 and 3 with stride 2 and a projection
+    shortcut (1x1 conv stride 2 + BN), global average pool, Linear 32->10. Input ``input``
+    [N,3,32,32]. (Widths 16, 32, 64 would be 175 K parameters, ~700 KB.)
+``mobilenetv2.onnx``
+    MobileNetV2-style: stem conv 3->16 stride 2 + BN + ReLU6, four inverted residual blocks
+    (expand ratio 4; 16->16 s1, 16->24 s2, 24->24 s1, 24->32 s2; residual when stride 1 and
+    in == out), 1x1 conv 32->64 + BN + ReLU6, GAP, Linear 64->10. Input ``input`` [N,3,32,32].
+``densenet.onnx``
+    DenseNet-style: stem conv 3->16, dense block of 3 bottleneck layers (BN, ReLU, 1x1 conv
+    ->32, BN, ReLU, 3x3 conv ->8, concatenated to the block input), transition (BN, ReLU,
+    1x1 conv ->20, AvgPool 2), dense block of 2 layers, BN + ReLU + GAP + Linear ->10.
+    Input ``input`` [N,3,32,32].
+``bert_tiny.onnx``
+    2-layer BERT-style encoder, hidden 32, 4 heads of 8, FFN 128 with exact (Erf) GELU,
+    post-LayerNorm, vocabulary 200, learned positions (max 32); first-token pooling and a
+    Linear 32->2 classifier. Inputs ``input_ids`` and ``attention_mask`` int64 [N,T] (T <= 32),
+    output ``logits`` [N,2]. (Hidden 128 / FFN 512 would be ~400 K parameters, ~1.6 MB.)
+``swiglu_mlp.onnx``
+    token MLP: Linear 64->64, SwiGLU (gate and up Linear 64->128 without bias,
+    silu(gate) * up, down Linear 128->64 without bias), residual add, Linear 64->10.
+    Input ``x`` [N,T,64].
+``nhwc_flatten.onnx``
+    tf2onnx-style NHWC flatten: conv 3->8 3x3 pad 1 + ReLU, ``permute(0,2,3,1)`` and
+    ``reshape(N, -1)`` (columns ordered h, w, c), Linear 512->32 + ReLU, Linear 32->10.
+    Input ``input`` [N,3,8,8].
+
+and for each ``<name>_calib.npz``: one float32 / int64 array per model input (float inputs
+N(0,1); 32 samples for the 3x32x32 image models, whose 64-sample files would be ~730 KB
+even compressed, 64 for the others). Every output is named ``logits``.
+
+Each model is checked with ``onnx.checker.check_model(full_check=True)`` and run with
+onnxruntime (CPU) on its calibration data, on a few other batch sizes (and for the token
+models a shorter sequence length), against PyTorch (max abs diff < 1e-4). The script prints
+file sizes, parameter counts and the op-type counts of every graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import io
+import math
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO / "tests" / "fixtures"
+
+OPSET = 17
+MAX_IR_VERSION = 10  # so that older onnxruntime releases load the models
+TOL = 1e-4
+
+# bert_tiny dimensions (hidden 128 / FFN 512 / vocab 1000 would be ~1.6 MB of fp32 weights).
+BERT_VOCAB = 200
+BERT_MAX_POS = 32
+BERT_HIDDEN = 32
+BERT_HEADS = 4
+BERT_FFN = 4 * BERT_HIDDEN
+BERT_LAYERS = 2
+BERT_CALIB_T = 16
+
+# 64 samples of float32 N(0,1) 3x32x32 images do not compress (~730 KB); 32 is ~365 KB.
+IMAGE_CALIB_N = 32
+CALIB_N = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def randomize_norms(model: nn.Module) -> None:
+    """Random BN running stats and BN / LayerNorm affine parameters (as after training).
+
+    BN folding is then not an identity, and no two LayerNorms have identical parameters (the
+    exporter would otherwise merge them into one initializer referenced through Identity nodes).
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c) * 0.1)
+                m.running_var.copy_(torch.rand(c) + 0.5)
+                m.weight.copy_(torch.rand(c) + 0.5)
+                m.bias.copy_(torch.randn(c) * 0.1)
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(torch.rand(m.weight.shape) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape) * 0.1)
+
+
+def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. ResNet with projection shortcuts
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:  # option B: projection shortcut
+            self.downsample = conv_bn(cin, cout, 1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNetProj(nn.Module):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32), num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers = []
+        cin = widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
+            cin = w
+        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layers(x)
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. MobileNetV2
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    CONFIG = ((16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 32, 2))
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.blocks = nn.Sequential(*(InvertedResidual(i, o, s) for i, o, s in self.CONFIG))
+        self.head = nn.Sequential(nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. DenseNet
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int = 8, bottleneck: int = 32) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, bottleneck, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck)
+        self.conv2 = nn.Conv2d(bottleneck, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        return torch.cat([x, out], 1)
+
+
+class Transition(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(F.relu(self.norm(x))))
+
+
+class DenseNet(nn.Module):
+    def __init__(self, growth: int = 8, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        c = 16
+        block1 = []
+        for _ in range(3):
+            block1.append(DenseLayer(c, growth))
+            c += growth
+        self.block1 = nn.Sequential(*block1)
+        self.trans = Transition(c, 20)
+        c = 20
+        block2 = []
+        for _ in range(2):
+            block2.append(DenseLayer(c, growth))
+            c += growth
+        self.block2 = nn.Sequential(*block2)
+        self.norm = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.trans(self.block1(self.stem(x))))
+        x = F.relu(self.norm(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. BERT-style encoder
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        return x.view(n, t, self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, mask_add: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        probs = torch.softmax(scores + mask_add, dim=-1)
+        ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        n, t = ctx.shape[:2]
+        return self.out(ctx.view(n, t, self.heads * self.head_dim))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.attn = SelfAttention(hidden, heads)
+        self.ln1 = nn.LayerNorm(hidden, eps=1e-12)
+        self.ffn_in = nn.Linear(hidden, ffn)
+        self.ffn_out = nn.Linear(ffn, hidden)
+        self.ln2 = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, mask_add: torch.Tensor) -> torch.Tensor:
+        x = self.ln1(x + self.attn(x, mask_add))
+        h = self.ffn_out(F.gelu(self.ffn_in(x)))  # exact GELU: Div/Erf/Add/Mul/Mul
+        return self.ln2(x + h)
+
+
+class BertTiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(BERT_VOCAB, BERT_HIDDEN)
+        self.pos_emb = nn.Embedding(BERT_MAX_POS, BERT_HIDDEN)
+        self.register_buffer(
+            "position_ids", torch.arange(BERT_MAX_POS).unsqueeze(0), persistent=False
+        )
+        self.emb_ln = nn.LayerNorm(BERT_HIDDEN, eps=1e-12)
+        self.layers = nn.ModuleList(
+            EncoderLayer(BERT_HIDDEN, BERT_HEADS, BERT_FFN) for _ in range(BERT_LAYERS)
+        )
+        self.classifier = nn.Linear(BERT_HIDDEN, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        x = self.tok_emb(input_ids) + self.pos_emb(self.position_ids[:, :t])
+        x = self.emb_ln(x)
+        mask_add = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask_add)
+        return self.classifier(x[:, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. SwiGLU MLP
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, dim: int = 64, hidden: int = 128, num_classes: int = 10) -> None:
+        super().__init__()
+        self.pre = nn.Linear(dim, dim)
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        h = self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.head(x + h)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. NHWC flatten (tf2onnx style)
+
+
+class NHWCFlatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 8 * 8, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC
+        x = x.reshape(x.shape[0], -1)  # columns ordered h, w, c (c fastest)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration data
+
+
+def image_calib(seed: int, n: int, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input": rng.standard_normal((n, *shape), dtype=np.float32)}
+
+
+def token_vec_calib(seed: int, n: int = CALIB_N, t: int = 8, d: int = 64) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, t, d), dtype=np.float32)}
+
+
+def bert_calib(seed: int, n: int = CALIB_N, t: int = BERT_CALIB_T) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, BERT_VOCAB, size=(n, t), dtype=np.int64)
+    lengths = rng.integers(8, t + 1, size=n)  # 8..16 real tokens, the rest padding
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez_compressed, but with fixed zip timestamps (byte-identical reruns)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# export and checks
+
+
+class Fixture:
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], nn.Module],
+        calib: Callable[[], dict[str, np.ndarray]],
+        dynamic: dict[str, dict[int, str]],
+    ) -> None:
+        self.name, self.build, self.calib, self.dynamic = name, build, calib, dynamic
+
+
+IMAGE_DYN = {"input": {0: "batch"}}
+TOKEN_DYN = {0: "batch", 1: "seq"}
+IMAGE = (3, 32, 32)
+
+FIXTURES = [
+    Fixture("resnet_proj", ResNetProj, lambda: image_calib(1, IMAGE_CALIB_N, IMAGE), IMAGE_DYN),
+    Fixture("mobilenetv2", MobileNetV2, lambda: image_calib(2, IMAGE_CALIB_N, IMAGE), IMAGE_DYN),
+    Fixture("densenet", DenseNet, lambda: image_calib(3, IMAGE_CALIB_N, IMAGE), IMAGE_DYN),
+    Fixture(
+        "bert_tiny",
+        BertTiny,
+        lambda: bert_calib(4),
+        {"input_ids": TOKEN_DYN, "attention_mask": TOKEN_DYN},
+    ),
+    Fixture("swiglu_mlp", SwiGLUMLP, lambda: token_vec_calib(5), {"x": TOKEN_DYN}),
+    Fixture("nhwc_flatten", NHWCFlatten, lambda: image_calib(6, CALIB_N, (3, 8, 8)), IMAGE_DYN),
+]
+
+
+def export(
+    model: nn.Module, example: dict[str, np.ndarray], dynamic, path: Path
+) -> onnx.ModelProto:
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # legacy TorchScript exporter: no onnxscript needed
+    names = list(example)
+    # a 2-sample example, so that no batch-size-1 special case is traced
+    args = tuple(torch.from_numpy(example[k][:2]) for k in names)
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        opset_version=OPSET,
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes={**dynamic, "logits": {0: "batch"}},
+        do_constant_folding=True,
+        **kwargs,
+    )
+    m = onnx.load(str(path))
+    if m.ir_version > MAX_IR_VERSION:
+        m.ir_version = MAX_IR_VERSION
+        onnx.save(m, str(path))
+    onnx.checker.check_model(m, full_check=True)
+    opsets = {o.domain: o.version for o in m.opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == OPSET, opsets
+    return m
+
+
+def run_torch(model: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        return model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+
+
+def verify(
+    model: nn.Module, sess: ort.InferenceSession, data: dict[str, np.ndarray], dynamic
+) -> float:
+    """Max abs diff onnxruntime vs torch: all calibration samples, batch 1 and 3, shorter T."""
+    cases = [data] + [{k: v[:b] for k, v in data.items()} for b in (1, 3)]
+    if any(1 in axes for axes in dynamic.values()):
+        # token models: a shorter sequence checks the dynamic T axis
+        cases.append({k: v[:5, :7] for k, v in data.items()})
+    worst = 0.0
+    for feeds in cases:
+        ref = run_torch(model, feeds)
+        got = sess.run(["logits"], feeds)[0]
+        assert got.shape == ref.shape, (got.shape, ref.shape)
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def describe_nhwc(m: onnx.ModelProto) -> str:
+    """The op chain from the Transpose to the first Gemm/MatMul (and the Reshape's shape input)."""
+    nodes = list(m.graph.node)
+    tr = next(n for n in nodes if n.op_type == "Transpose")
+    perm = list(next(a for a in tr.attribute if a.name == "perm").ints)
+    start = nodes.index(tr)
+    end = next(i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul"))
+    chain = [f"{n.op_type}" for n in nodes[start : end + 1]]
+    return f"Transpose perm {perm}; nodes from Transpose to first Gemm/MatMul: {chain}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    args = ap.parse_args()
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
+
+    for fx in FIXTURES:
+        torch.manual_seed(0)
+        model = fx.build()
+        randomize_norms(model)
+        model.eval()
+        data = fx.calib()
+        path = out / f"{fx.name}.onnx"
+        m = export(model, data, fx.dynamic, path)
+        calib_path = out / f"{fx.name}_calib.npz"
+        save_npz(calib_path, data)
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = verify(model, sess, data, fx.dynamic)
+        assert diff < TOL, f"{fx.name}: onnxruntime vs torch max abs diff {diff}"
+
+        n_params = sum(p.numel() for p in model.parameters())
+        n_init = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+        ops = Counter(n.op_type for n in m.graph.node)
+        print(f"\n== {fx.name}")
+        print(f"  {path.relative_to(REPO) if path.is_relative_to(REPO) else path}: "
+              f"{path.stat().st_size:,} bytes, IR {m.ir_version}, opset {OPSET}")
+        print(f"  {calib_path.name}: {calib_path.stat().st_size:,} bytes, "
+              + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in data.items()))
+        print(f"  torch parameters {n_params:,}; ONNX initializer elements {n_init:,}")
+        print(f"  max abs diff onnxruntime vs torch: {diff:.2e}")
+        print(f"  ops ({len(m.graph.node)}): {dict(sorted(ops.items()))}")
+        if fx.name == "nhwc_flatten":
+            print(f"  {describe_nhwc(m)}")
+
+    print("\nsha256:")
+    for p in sorted(out.glob("*")):
+        if p.suffix in (".onnx", ".npz"):
+            print(f"  {hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,14 +30,11 @@ def production(idx: GraphIndex, node) -> Source:
         raise Refusal(f"{op} '{name}' has no constant weight as its second input")
     if idx.is_constant(node.input[0]):
         raise Refusal(f"{op} '{name}' has a constant data input")
-    weight, out = node.input[1], node.output[0]
+    out = node.output[0]
     rank = idx.rank(out)
     if rank is None:
         raise Refusal(f"{op} '{name}' has an output of unknown rank")
-    wshape = idx.shapes[weight]
-    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if bias is not None and not idx.is_constant(bias):
-        raise Refusal(f"{op} '{name}' has a non-constant bias '{bias}'")
+    weight, wshape, bias = _weight_and_bias(idx, node)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}); its channels follow its input")
@@ -78,11 +75,7 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
         raise Refusal(f"channels enter {op} '{name}' as input {in_index} (the weight side)")
     if len(node.input) < 2 or not idx.is_constant(node.input[1]):
         raise Refusal(f"{op} '{name}' multiplies the channels with a non-constant operand")
-    weight = node.input[1]
-    wshape = idx.shapes[weight]
-    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if bias is not None and not idx.is_constant(bias):
-        raise Refusal(f"{op} '{name}' has a non-constant bias '{bias}'")
+    weight, wshape, bias = _weight_and_bias(idx, node)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"channels reach grouped Conv '{name}' (group={attr(node, 'group')})")
@@ -113,6 +106,15 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
         raise Refusal(f"MatMul '{name}' contracts the last axis, the channels are on axis {layout.axis}")
     bias, bias_node = matmul_bias(idx, node)
     return _checked(idx, Consumer(name, op, node.input[0], weight, 0, layout, bias=bias, bias_node=bias_node))
+
+
+def _weight_and_bias(idx: GraphIndex, node):
+    """(weight name, weight shape, bias name or None); the bias must be a constant."""
+    weight = node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and not idx.is_constant(bias):
+        raise Refusal(f"{node.op_type} '{node.name}' has a non-constant bias '{bias}'")
+    return weight, idx.shapes[weight], bias
 
 
 def _checked(idx: GraphIndex, c: Consumer) -> Consumer:

@@ -29,7 +29,6 @@ What it does:
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,13 +39,12 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_export import OPSET, export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 
 MEAN, STD = 0.1307, 0.3081
-OPSET = 17
-MAX_IR_VERSION = 10  # so that older onnxruntime releases load the model
 
 
 class MnistCNN(nn.Module):
@@ -136,29 +134,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float) -> M
 
 
 def export(model: nn.Module, path: Path) -> onnx.ModelProto:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # legacy TorchScript exporter: no onnxscript needed
-    model.eval()
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 28, 28),),
-        str(path),
-        opset_version=OPSET,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        **kwargs,
-    )
-    m = onnx.load(str(path))
-    if m.ir_version > MAX_IR_VERSION:
-        m.ir_version = MAX_IR_VERSION
-        onnx.save(m, str(path))
-    onnx.checker.check_model(m, full_check=True)
-    opsets = {o.domain: o.version for o in m.opset_import}
-    assert opsets.get("", opsets.get("ai.onnx")) == OPSET, opsets
-    return m
+    return export_onnx(model, (torch.zeros(1, 1, 28, 28),), path, ["input"], {"input": {0: "batch"}})
 
 
 def main() -> None:

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import io
 import math
 import zipfile
@@ -75,12 +74,11 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_export import OPSET, export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "tests" / "fixtures"
 
-OPSET = 17
-MAX_IR_VERSION = 10  # so that older onnxruntime releases load the models
 TOL = 1e-4
 
 # bert_tiny dimensions (hidden 128 / FFN 512 / vocab 1000 would be ~1.6 MB of fp32 weights).
@@ -440,34 +438,11 @@ FIXTURES = [
 ]
 
 
-def export(
-    model: nn.Module, example: dict[str, np.ndarray], dynamic, path: Path
-) -> onnx.ModelProto:
-    kwargs = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # legacy TorchScript exporter: no onnxscript needed
+def export(model: nn.Module, example: dict[str, np.ndarray], dynamic, path: Path) -> onnx.ModelProto:
     names = list(example)
     # a 2-sample example, so that no batch-size-1 special case is traced
     args = tuple(torch.from_numpy(example[k][:2]) for k in names)
-    torch.onnx.export(
-        model,
-        args,
-        str(path),
-        opset_version=OPSET,
-        input_names=names,
-        output_names=["logits"],
-        dynamic_axes={**dynamic, "logits": {0: "batch"}},
-        do_constant_folding=True,
-        **kwargs,
-    )
-    m = onnx.load(str(path))
-    if m.ir_version > MAX_IR_VERSION:
-        m.ir_version = MAX_IR_VERSION
-        onnx.save(m, str(path))
-    onnx.checker.check_model(m, full_check=True)
-    opsets = {o.domain: o.version for o in m.opset_import}
-    assert opsets.get("", opsets.get("ai.onnx")) == OPSET, opsets
-    return m
+    return export_onnx(model, args, path, names, dynamic)
 
 
 def run_torch(model: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -98,14 +98,9 @@ class _Factor(_State):
     def __init__(self, p, picks: int, xp):
         super().__init__(p, xp)
         c, k = self.channels, self.block
-        n = c * k
         self.gram = p.gram
         self.t = p.h.copy()
-        if k == 1:
-            self.diag = xp.diagonal(p.gram)[:n].copy()                                   # (c,)
-        else:
-            ar = xp.arange(c)
-            self.diag = p.gram[:n, :n].reshape(c, k, c, k)[ar, :, ar, :]                # (c, k, k)
+        self.diag = _diagonal_blocks(xp, p.gram, c, k)
         self.z = xp.zeros((p.fixed + picks * k, p.gram.shape[0]), dtype=p.gram.dtype)
         self.rank = 0
         self.score = xp.zeros(c, dtype=p.gram.dtype)
@@ -150,6 +145,14 @@ class _Factor(_State):
             t -= new[:, r0:r1].T @ u
             c0, c1 = r0 // k, r1 // k
             self.score[c0:c1] = _block_gains(xp, self.diag[c0:c1], t, self.tol[c0:c1], c1 - c0, k)
+
+
+def _diagonal_blocks(xp, matrix, channels: int, k: int):
+    """Copies of the candidates' diagonal blocks of a D x D matrix: (c,) for k = 1, else (c, k, k)."""
+    if k == 1:
+        return xp.diagonal(matrix)[:channels].copy()
+    idx = xp.arange(channels * k).reshape(channels, k)
+    return matrix[idx[:, :, None], idx[:, None, :]]
 
 
 def _block_gains(xp, blocks, t, tol, channels: int, k: int):
@@ -212,14 +215,8 @@ class _FullResidual(_State):
         self.start(p)
 
     def gains(self):
-        xp, c, k = self.xp, self.channels, self.block
-        n = c * k
-        if k == 1:
-            blocks = xp.diagonal(self.r)[:n]
-        else:
-            ar = xp.arange(c)
-            blocks = self.r[:n, :n].reshape(c, k, c, k)[ar, :, ar, :]
-        return _block_gains(xp, blocks, self.t, self.tol, c, k)
+        c, k = self.channels, self.block
+        return _block_gains(self.xp, _diagonal_blocks(self.xp, self.r, c, k), self.t, self.tol, c, k)
 
     def _add(self, idx: slice, tol: float) -> float:
         """Condition R and T on block `idx`; returns its gain."""

@@ -125,7 +125,7 @@ def test_below_tolerance_block_has_no_gain_even_when_it_would_fit_the_target(blo
     a[:, 5] = 3.0 * wiggle
     w = rng.standard_normal((channels * block + 1, 3))
     p = problem(b.reshape(rows, -1), w, block, a=a.reshape(rows, -1))
-    order, errors = assert_same_greedy([p], channels, )
+    order, errors = assert_same_greedy([p], channels)
     assert order[-1] == 5
     assert errors[-1] == pytest.approx(errors[-2], rel=1e-9)
     assert errors[-1] > 0.01 * p.target            # the wiggle's share of the target stays unexplained
@@ -140,7 +140,8 @@ def test_fixed_features_are_always_kept():
     w = rng.standard_normal((channels * block + 4 + 1, 3))
     p = problem(b, w, block, extra=extra)
     order, errors = assert_same_greedy([p], channels - 2)
-    cols = np.concatenate([np.arange(c * block, (c + 1) * block) for c in order] + [np.arange(channels * block, p.gram.shape[0])])
+    kept = [np.arange(c * block, (c + 1) * block) for c in order]
+    cols = np.concatenate(kept + [np.arange(channels * block, p.gram.shape[0])])
     design = np.hstack([b, extra, np.ones((rows, 1))])
     y = design @ w
     fit = design[:, cols] @ np.linalg.lstsq(design[:, cols], y, rcond=None)[0]

@@ -16,6 +16,8 @@ from onnx import helper
 from .errors import OnnxPruneError, first_line
 
 DEFAULT_SAMPLES = 512
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"      # .npz files are zip archives
 
 
 @dataclass(frozen=True)
@@ -67,19 +69,34 @@ def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) 
         raise OnnxPruneError(f"calibration file not found: {path}")
     if path.is_dir():
         raise OnnxPruneError(f"calibration path {path} is a directory; give a .npz or .npy file")
+    _check_format(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError/zipfile errors
-        raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)})") from None
-    if isinstance(loaded, np.ndarray):
-        arrays = {"<array>": loaded}
-    else:
-        with loaded:
-            try:
+        if isinstance(loaded, np.ndarray):
+            arrays = {"<array>": loaded}
+        else:
+            with loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
-            except Exception as exc:  # noqa: BLE001 - e.g. pickled object arrays
-                raise OnnxPruneError(f"{path}: cannot read its arrays ({first_line(exc)})") from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise OnnxPruneError(f"{path} holds Python objects (pickled arrays), which are never loaded; "
+                                 "save plain numeric arrays with numpy.savez") from None
+        raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError/zipfile/EOF errors on damaged files
+        raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)}); is it truncated?") from None
     return from_arrays(arrays, specs, samples, str(path))
+
+
+def _check_format(path: Path) -> None:
+    """Refuse anything that is not a NumPy .npy or .npz file by its first bytes (never its name)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot read calibration file {path}: {exc.strerror or exc}") from None
+    if magic not in (NPY_MAGIC,) and not magic.startswith(ZIP_MAGIC):
+        raise OnnxPruneError(f"{path} is not a .npz or .npy file; save calibration inputs with "
+                             "numpy.savez(path, <input name>=array) or numpy.save")
 
 
 def from_arrays(arrays, specs: list, samples: int | None, source: str = "arrays") -> Calibration:
@@ -107,7 +124,7 @@ def from_arrays(arrays, specs: list, samples: int | None, source: str = "arrays"
         raise OnnxPruneError(f"{source}: inputs have different sample counts {sorted(counts)}")
     available = counts.pop()
     if available == 0:
-        raise OnnxPruneError(f"{source} holds zero samples")
+        raise OnnxPruneError(f"{source} holds zero samples; give at least one (samples on axis 0)")
     if samples is None:
         out = {k: v[:DEFAULT_SAMPLES] for k, v in out.items()}
     else:
@@ -144,23 +161,38 @@ def _check_array(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):  # axis 0 is the sample axis
         if axis > 0 and want is not None and have != want:
             raise OnnxPruneError(f"{where} has shape {a.shape}; the model expects {_fmt(spec.dims)}")
-    a = _convert(a, spec, where)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise OnnxPruneError(f"{where} contains NaN or Inf values; clean the data first")
-    return a
+    converted = _convert(a, spec, where)
+    if converted.dtype.kind == "f" and not np.isfinite(converted).all():
+        raise OnnxPruneError(f"{where} has values outside the range of {converted.dtype}, the model input type; "
+                             "rescale the data")
+    return converted
 
 
 def _convert(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """Same-kind conversions only (float64 -> float32, int32 -> int64 when values fit)."""
     want = spec.dtype
     if a.dtype == want:
         return a
     if a.dtype.kind == want.kind or (a.dtype.kind in "ui" and want.kind in "ui"):
-        converted = a.astype(want)
+        with np.errstate(over="ignore"):          # overflow is reported below as a range error
+            converted = a.astype(want)
         if want.kind in "ui" and not np.array_equal(converted, a):
             raise OnnxPruneError(f"{where} has values that do not fit {want}")
         return converted
-    hint = " (e.g. x.astype('float32') / 255 for images)" if a.dtype.kind in "ui" and want.kind == "f" else ""
-    raise OnnxPruneError(f"{where} is {a.dtype}, the model input is {want}; convert it{hint}")
+    if a.dtype.kind in "ui" and want.kind == "f":
+        hint = f"; if that is intended, convert it (e.g. x.astype('{want}') / 255 for 8-bit images)"
+    elif a.dtype.kind == "b":
+        hint = f"; convert it explicitly (x.astype('{want}')) if 0/1 values are what the model expects"
+    else:
+        hint = "; give numeric arrays of the model's input type"
+    raise OnnxPruneError(f"{where} is {_kind_name(a.dtype)}, the model input is {want}{hint}")
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    names = {"U": "text (str)", "S": "bytes", "O": "Python objects", "b": "bool", "c": "complex", "M": "datetime"}
+    return names.get(dtype.kind, str(dtype))
 
 
 def _fmt(dims) -> str:

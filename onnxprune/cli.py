@@ -1,7 +1,7 @@
 """The `onnxprune` command: a thin layer over the Python API (the only module using click).
 
-User errors print one line on stderr and exit 1; usage errors exit 2 (click); Ctrl-C exits
-130. Nothing is written unless the whole run succeeds.
+User errors print one line on stderr and exit 1; usage errors exit 2 (click); a model with
+nothing to prune exits 3; Ctrl-C exits 130. Nothing is written unless the whole run succeeds.
 """
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import click
 
 from . import __version__
 from .analyze import analyze as analyze_model
-from .errors import OnnxPruneError
+from .atomic import Staged
+from .errors import NothingToPrune, OnnxPruneError
 from .graph import GraphIndex
-from .modelio import load_model, save_model, validate_output_path, write_bytes_atomic
+from .modelio import load_model, validate_output_path
 from .pipeline import MODES, prune as prune_model
 from .progress import StderrProgress
 from .reweight import DEFAULT_RIDGE
 from .select import METHODS
+
+EXIT_NOTHING_TO_PRUNE = 3
 
 
 class _Command(click.Command):
@@ -27,6 +30,9 @@ class _Command(click.Command):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except NothingToPrune as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_NOTHING_TO_PRUNE)
         except OnnxPruneError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
@@ -91,9 +97,11 @@ def analyze(model, exclude, as_json):
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT (and --report) if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("--report", type=click.Path(), help="Also write the JSON report to this file.")
+@click.option("--no-timings", is_flag=True,
+              help="Leave wall-clock times out of the report (seconds: null), so reruns give identical reports.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def prune(model, output, calib, calib_random, samples, batch_size, keep, compression, method, mode, reweight, ridge,
-          row_mask, seed, exclude, device, force, as_json, report, quiet):
+          row_mask, seed, exclude, device, force, as_json, report, no_timings, quiet):
     """Prune MODEL and write the smaller model to OUTPUT."""
     inputs = [model, calib]
     out = validate_output_path(output, inputs, force)
@@ -105,9 +113,12 @@ def prune(model, output, calib, calib_random, samples, batch_size, keep, compres
         device=device, ridge=ridge, row_mask=row_mask, progress=StderrProgress(enabled=not quiet),
     )
     result.output = str(out)
-    save_model(pruned, out)
-    if report:
-        write_bytes_atomic(report, result.to_json().encode())
+    if no_timings:
+        result.seconds = None
+    with Staged() as staged:          # model and report appear together, or neither does
+        staged.add_model(pruned, out)
+        if report:
+            staged.add_bytes(report, result.to_json().encode())
     if as_json:
         sys.stdout.write(result.to_json())
     agreement = result.verify.get("argmax_agreement")

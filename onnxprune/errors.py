@@ -9,6 +9,10 @@ class OnnxPruneError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it."""
 
 
+class NothingToPrune(OnnxPruneError):
+    """The model has no prunable channel group (the CLI exits with its own code, 3)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line user errors."""
     text = str(exc).strip().splitlines()

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .largemodel import is_large, skeleton
+
 Dim = "int | None"
 
 
@@ -20,8 +22,14 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference that never raises: a model it cannot type is analysed without shapes."""
+    """Shape inference that never raises: a model it cannot type is analysed without shapes.
+
+    A model over protobuf's 2 GB limit is inferred from its skeleton (large initializers as
+    type-and-dims stubs), since inference serialises the model.
+    """
     try:
+        if is_large(model):
+            model = skeleton(model)[0]
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort
         return model

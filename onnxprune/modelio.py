@@ -1,25 +1,28 @@
-"""Loading, normalising and atomically saving ONNX models (the `load` stage).
+"""Loading, validating and normalising ONNX models (the `load` stage), and checking output paths.
 
 Every check on the input model happens here, before any slow work, and turns into an
-OnnxPruneError with a one-line message.
+OnnxPruneError with a one-line message. Writing outputs is atomic.py's job.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError, first_line
+from .largemodel import checkable, is_large
 
-# Protobuf cannot serialise a message of 2 GiB or more; stay well clear of it.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Constant-node attributes that hold a value we can turn into an initializer, with its dtype.
+_CONSTANT_VALUES = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+                    "value_int": np.int64, "value_ints": np.int64}
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read, validate and normalise a model file; never modifies the file."""
+    """Read, validate and normalise a model file (and its external data); never modifies them."""
     path = Path(path)
     if not path.exists():
         raise OnnxPruneError(f"model file not found: {path}")
@@ -31,30 +34,41 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(
             f"{path} is not a readable ONNX model ({first_line(exc)}); is the file truncated or of another format?"
         ) from None
+    except onnx.checker.ValidationError as exc:       # raised while resolving external data
+        raise OnnxPruneError(f"cannot load the external data of {path}: {first_line(exc)}; "
+                             "keep the data files where the model's paths point (beside it)") from None
     except OSError as exc:
-        raise OnnxPruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise OnnxPruneError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
     if model.ir_version <= 0 or not model.opset_import or len(model.graph.node) == 0:
         raise OnnxPruneError(f"{path} is not an ONNX model (no IR version, opset or nodes)")
     check_model(model, str(path))
-    return normalize(model)
+    return normalize(model, copy=False)
 
 
-def check_model(model: onnx.ModelProto, where: str) -> None:
-    """Run onnx.checker; a failure is the user's model problem, reported in one line."""
+def check_model(model: onnx.ModelProto, where: str, full: bool = False) -> None:
+    """Run onnx.checker (`full`: with strict shape inference); a failure is reported in one line.
+
+    Models too large for one protobuf are checked through a skeleton (see largemodel.py).
+    """
     try:
-        if _payload_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
-            return  # the in-memory checker cannot take >2 GB protos; onnxruntime checks it later
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+        if is_large(model):
+            with checkable(model) as path:
+                onnx.checker.check_model(path, full_check=full)
+        else:
+            onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise OnnxPruneError(f"{where} fails onnx.checker: {first_line(exc)}") from None
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every node a unique name and move Constant-node tensors to initializers.
+def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """Give every node a unique name and move Constant-node values to initializers.
 
     Both are semantics-preserving and let later stages address weights and nodes by name.
+    Old IR (< 4) lists every initializer as a graph input too, so moved ones get listed.
+    `copy=False` normalises in place (for a model nobody else holds).
     """
-    model = _copy(model)
+    if copy:
+        model = _copy(model)
     graph = model.graph
     taken = {n.name for n in graph.node if n.name}
     for i, node in enumerate(graph.node):
@@ -66,20 +80,37 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                 name = f"{base}_{j}"
             node.name = name
             taken.add(name)
-    keep = []
+    outputs = {o.name for o in graph.output}
+    keep, moved = [], []
     for node in graph.node:
-        value = [a for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value[0].t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
+        tensor = _constant_tensor(node) if node.output[0] not in outputs else None
+        if tensor is None:
             keep.append(node)
-    if len(keep) != len(graph.node):
+            continue
+        graph.initializer.append(tensor)
+        moved.append(tensor)
+    if moved:
         del graph.node[:]
         graph.node.extend(keep)
+        if model.ir_version < 4:
+            graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in moved)
     return model
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The value of a plain Constant node as a TensorProto named after its output, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name not in _CONSTANT_VALUES:
+        return None                     # sparse or string constants stay nodes
+    if a.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(a.t)
+        tensor.name = node.output[0]
+        return tensor
+    value = np.array(helper.get_attribute_value(a), dtype=_CONSTANT_VALUES[a.name])
+    return numpy_helper.from_array(value, node.output[0])
 
 
 def validate_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike], force: bool) -> Path:
@@ -98,71 +129,12 @@ def validate_output_path(output: str | os.PathLike, inputs: list[str | os.PathLi
     if not parent.is_dir():
         raise OnnxPruneError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OnnxPruneError(f"output directory {parent} is not writable")
+        raise OnnxPruneError(f"output directory {parent} is not writable; choose another directory or fix its permissions")
     return out
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the target directory, then a rename.
-
-    Models too big for one protobuf go out with external data in `<name>.data` beside it.
-    """
-    path = Path(path)
-    if _payload_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
-        _save_external(model, path)
-        return
-    data = model.SerializeToString()
-    write_bytes_atomic(path, data)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """All-or-nothing file write (used for models and reports)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _save_external(model: onnx.ModelProto, path: Path) -> None:
-    data_name = f"{path.name}.data"
-    tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        tmp_model = Path(tmpdir) / path.name
-        onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        os.replace(Path(tmpdir) / data_name, path.parent / data_name)
-        os.replace(tmp_model, path)
-    except OSError as exc:
-        raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        for leftover in Path(tmpdir).glob("*"):
-            _unlink_quietly(leftover)
-        os.rmdir(tmpdir)
-
-
-def _payload_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.double_data) for t in model.graph.initializer)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def _unlink_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 

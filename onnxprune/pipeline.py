@@ -17,7 +17,7 @@ from .analyze import analyze
 from .budget import counts_for_compression, counts_for_keep
 from .calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
 from .capture import Capturer
-from .errors import OnnxPruneError
+from .errors import NothingToPrune, OnnxPruneError
 from .flops import model_flops
 from .graph import GraphIndex, float_param_count
 from .modelio import load_model, normalize, check_model
@@ -104,6 +104,11 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     index = GraphIndex.build(model)
     analysis = analyze(model, opts.exclude, index)
     groups = list(analysis.groups)
+    if not groups:
+        raise NothingToPrune(
+            f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} Conv/Gemm/MatMul "
+            "left alone); `onnxprune analyze MODEL` says why for each"
+        )
     adds_bias = opts.reweight
     counts = (counts_for_keep(groups, opts.keep) if opts.keep is not None
               else counts_for_compression(index, groups, opts.compression, adds_bias))
@@ -118,6 +123,7 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
         opts = replace(opts, batch_size=batch)
     device = runtime.resolve_device(opts.device)
     xp = array_module(device if opts.device != "auto" else "auto")
+    reference = runtime.session(model, device)     # fails now if onnxruntime cannot run the model
     t = clock.add("analyze", t)
 
     state = _Run(model, opts, calibration, device, xp, clock, progress)
@@ -132,7 +138,8 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     check(pruned)
     verify = {"checker": "passed"}
     if calibration is not None:
-        verify.update(output_fidelity(model, pruned, calibration.head(VERIFY_SAMPLES), opts.batch_size, device))
+        verify.update(output_fidelity(reference, pruned, calibration.head(VERIFY_SAMPLES), opts.batch_size, device))
+    del reference
     clock.add("verify", t)
     clock.seconds["total"] = time.perf_counter() - start
     report = Report(

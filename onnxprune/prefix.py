@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from .graph import GraphIndex
+from .largemodel import with_graph
 
 
 def frontier(idx: GraphIndex, boundary: str) -> set:
@@ -118,12 +119,11 @@ def region_model(model: onnx.ModelProto, idx: GraphIndex, outputs: list, availab
         used |= idx.outer_reads.get(n.name, set())
     ins = [_value_info(idx, t) for t in sorted(inputs)]
     outs = [helper.make_tensor_value_info(t, idx.elem_types[t], None) for t in outputs]
-    graph = helper.make_graph(nodes, g.name or "region", ins, outs,
-                              initializer=[t for t in g.initializer if t.name in used])
-    sub = onnx.ModelProto()
-    sub.CopyFrom(model)
-    sub.graph.CopyFrom(graph)
-    return sub, sorted(inputs)
+    graph = helper.make_graph(nodes, g.name or "region", ins, outs)
+    for t in g.initializer:     # add().CopyFrom, not extend: works for tensors over 2 GB too
+        if t.name in used:
+            graph.initializer.add().CopyFrom(t)
+    return with_graph(model, graph), sorted(inputs)
 
 
 def _value_info(idx: GraphIndex, name: str):

@@ -35,7 +35,7 @@ class Report:
     groups: list
     skipped: list
     verify: dict
-    seconds: dict
+    seconds: dict | None          # None with --no-timings (reproducible reports)
     schema_version: int = SCHEMA_VERSION
     tool: dict = field(default_factory=dict)
 
@@ -63,4 +63,5 @@ class Report:
             flops = f", FLOPs {self.flops_before / self.flops_after:.2f}x fewer"
         return (f"params {self.params_before:,} -> {self.params_after:,} ({self.compression:.2f}x){flops}, "
                 f"{len([g for g in self.groups if g['channels_after'] < g['channels_before']])}/"
-                f"{len(self.groups)} groups pruned, {self.seconds.get('total', 0):.1f} s")
+                f"{len(self.groups)} groups pruned"
+                + (f", {self.seconds['total']:.1f} s" if self.seconds else ""))

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .groups import Group
+from .largemodel import is_large, restore, skeleton, with_graph
 from .layout import Alive, element_indices
 
 ADDED_BIAS = ".bias"
@@ -22,7 +23,12 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
     """A new model with `group` reduced to channels `kept` and consumers set from `updates`.
 
     `alive` describes the model as it is now (groups pruned before); it is not modified.
+    A model over 2 GB goes through graph surgery as a skeleton: initializers the group does not
+    touch are stubs during surgery and copied back after (see largemodel.py).
     """
+    large = {}
+    if is_large(model):
+        model, large = skeleton(model, keep=_touched(model, group))
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     nodes = {n.name: n for n in graph.nodes}
@@ -43,7 +49,22 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
         _slice_added_bias(graph, nodes[p.node], p, alive, members, kept_mask)
     for a in group.attr_sites:
         _write_count(graph, nodes[a.node], a, after, tensors, taken)
-    return _export_like(graph, model)
+    out = _export_like(graph, model)
+    restore(out, large)
+    return out
+
+
+def _touched(model: onnx.ModelProto, group: Group) -> set:
+    """Initializers this group's rewrite may read or change: its sites, and every constant
+    input of its producers, consumers and the bias Adds onnxprune attached to them."""
+    owners = {n for p in group.producers for n in p.nodes} | {c.node for c in group.consumers}
+    owners |= {c.bias_node for c in group.consumers if c.bias_node}
+    added = tuple(f"{n}{ADDED_BIAS}_add" for n in owners)
+    names = {s.name for s in group.sites} | {a.name for a in group.attr_sites if a.name}
+    for node in model.graph.node:
+        if node.name in owners or node.name.startswith(added):
+            names.update(node.input)
+    return names
 
 
 def _write_consumer(graph, node, u, tensors, taken) -> None:
@@ -132,17 +153,31 @@ def _unique(base: str, taken: set) -> str:
 
 
 def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export, keeping the original's IR version, opsets, metadata and functions."""
-    exported = gs.export_onnx(graph, do_type_check=False)
-    out = onnx.ModelProto()
-    out.CopyFrom(original)
-    out.graph.CopyFrom(exported.graph)
+    """Export, keeping the original's IR version, opsets, metadata, functions and input list."""
+    out = with_graph(original, gs.export_onnx(graph, do_type_check=False).graph)
     del out.graph.value_info[:]
-    shapes = {t.name: t.dims for t in out.graph.initializer}
-    for vi in out.graph.input:    # old IR: initializers also listed as inputs
-        if vi.name in shapes:
-            dims = vi.type.tensor_type.shape.dim
-            del dims[:]
-            for d in shapes[vi.name]:
-                dims.add().dim_value = d
+    _inputs_like(out, original)
     return out
+
+
+def _inputs_like(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Graph inputs as the original listed them: runtime inputs unchanged, initializers it also
+    listed as inputs (old IR) with their new shapes; below IR 4, where every initializer must be
+    an input, new ones (added biases, Split sizes) too."""
+    inits = {t.name: t for t in out.graph.initializer}
+    old_inits = {t.name for t in original.graph.initializer}
+    listed = []
+    for vi in original.graph.input:
+        if vi.name in inits:
+            listed.append(_value_info(inits[vi.name]))
+        elif vi.name not in old_inits:
+            listed.append(vi)
+    if out.ir_version < 4:
+        names = {vi.name for vi in listed}
+        listed.extend(_value_info(t) for t in out.graph.initializer if t.name not in names)
+    del out.graph.input[:]
+    out.graph.input.extend(listed)
+
+
+def _value_info(t: onnx.TensorProto) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)

@@ -9,14 +9,18 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 import tempfile
 
 import numpy as np
 import onnx
 
+from .atomic import Staged
 from .errors import OnnxPruneError
+from .largemodel import is_large
 
 DEVICES = ("auto", "cpu", "cuda")
+MIN_OPSET = 7          # the oldest ai.onnx opset onnxruntime guarantees to run
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,15 +97,53 @@ def session(model: onnx.ModelProto, device: str = "cpu"):
     # Our NumPy work runs between onnxruntime calls: spinning threads would steal its cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        if model.ByteSize() < 2_000_000_000:
+        if not is_large(model):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
             path = os.path.join(tmp, "model.onnx")
-            onnx.save_model(model, path, save_as_external_data=True, location="model.data")
+            with Staged() as staged:
+                staged.add_model(model, path)
             return ort.InferenceSession(path, opts, providers=providers(device))
+    except OnnxPruneError:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxPruneError(f"onnxruntime cannot run this model: {msg}") from None
+        raise OnnxPruneError(explain_failure(model, exc)) from None
+
+
+def explain_failure(model: onnx.ModelProto, exc: BaseException) -> str:
+    """onnxruntime's reason in one line, saying which version is the problem and what works."""
+    import onnxruntime as ort
+
+    ours = f"onnxruntime {ort.__version__}"
+    text = _strip_location(str(exc))
+    ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if ir:
+        return (f"{ours} cannot run models of IR version {ir[1]} (it supports up to IR {ir[2]}); "
+                "re-export the model with an older IR version or upgrade onnxruntime")
+    opset = re.search(r"Opset (\d+) is under development.*?till opset (\d+)", text)
+    if opset:
+        return (f"{ours} supports ai.onnx opsets up to {opset[2]}, the model uses opset {opset[1]}; "
+                f"re-export it with opset {opset[2]} or lower (or onnx.version_converter) or upgrade onnxruntime")
+    default = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if default is not None and default < MIN_OPSET:
+        return (f"{ours} cannot run this opset {default} model ({text}); it supports ai.onnx opset "
+                f"{MIN_OPSET} and newer: convert the model with onnx.version_converter")
+    return f"{ours} cannot run this model: {text}"
+
+
+def _strip_location(message: str) -> str:
+    """First line of an onnxruntime message without its status code, file:line and C++ signature."""
+    text = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from \S+ failed:", "", text)
+    if re.match(r"^\S+\.(?:cc|h|cpp|hpp):\d+ ", text):
+        depth, start = 0, text.find(" ") + 1
+        for i in range(start, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            if text[i] == ")" and depth == 0:
+                text = text[i + 1:]
+                break
+    return text.strip()
 
 
 def run(sess, feeds: dict, outputs: list) -> list:

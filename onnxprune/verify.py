@@ -7,20 +7,23 @@ import onnx
 
 from . import runtime
 from .calib import Calibration
-from .modelio import EXTERNAL_DATA_THRESHOLD
+from .largemodel import checkable, is_large
 
 
 def check(model: onnx.ModelProto) -> None:
-    """Full checker (with strict shape inference); a failure here is a bug in onnxprune."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    """Full checker (with strict shape inference); a failure here is a bug in onnxprune, so it
+    keeps its traceback. Models over 2 GB are checked through their skeleton."""
+    if is_large(model):
+        with checkable(model) as path:
+            onnx.checker.check_model(path, full_check=True)
+    else:
         onnx.checker.check_model(model, full_check=True)
 
 
-def output_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, calib: Calibration,
-                    batch_size: int, device: str) -> dict:
-    """Per-output relative squared error and argmax agreement over the given samples."""
-    names = [o.name for o in original.graph.output]
-    ref = runtime.session(original, device)
+def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size: int, device: str) -> dict:
+    """Per-output relative squared error and argmax agreement over the given samples;
+    `ref` is an onnxruntime session of the original model (made when the run started)."""
+    names = [o.name for o in pruned.graph.output]
     new = runtime.session(pruned, device)
     err = {n: 0.0 for n in names}
     energy = {n: 0.0 for n in names}

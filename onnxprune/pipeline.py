@@ -205,7 +205,7 @@ class _Run:
     def run(self, groups, counts):
         todo = [g for g in groups if counts[g.name] < g.channels]
         layer_stats = {}
-        if self.capturer is not None:
+        if self.capturer is not None and todo:       # keep=1 (or rounding) may leave nothing to capture
             if self.opts.mode == "layer":
                 layer_stats = self._layer_stats(todo)
             else:

@@ -50,20 +50,33 @@ def top1(model_path: Path, dataset: str) -> float:
     return float(np.mean(pred == y))
 
 
+# Linux carries a process's peak RSS across exec: a CLI forked straight from this process (which
+# holds the test set and a session) would report at least our size. A small launcher forks it.
+_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, s, u = os.wait4(p.pid, 0); "
+             "sys.stderr.write(f'\\npeak_rss_kb {u.ru_maxrss}\\n'); sys.exit(os.waitstatus_to_exitcode(s))")
+
+
+def measured(cmd: list, stdout, stderr) -> tuple:
+    """(exit code, peak RSS in MB) of `cmd` run to completion; its stderr gets one extra line."""
+    code = subprocess.call([sys.executable, "-c", _LAUNCHER, *cmd], stdout=stdout, stderr=stderr)
+    stderr.seek(0)
+    last = stderr.read().rstrip().rsplit("\n", 1)[-1]
+    return code, int(last.split()[1]) / 1024
+
+
 def run_prune(model: Path, calib: Path, out: Path, args: list) -> tuple:
     """(report, wall seconds, peak RSS in MB of the pruning process)."""
     cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(model), "--calib", str(calib), "-o", str(out),
            "--force", "--json", "--quiet", *args]
     with tempfile.TemporaryFile("w+") as out_fh, tempfile.TemporaryFile("w+") as err_fh:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out_fh, stderr=err_fh, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)      # this child's own peak RSS
+        code, peak_mb = measured(cmd, out_fh, err_fh)
         wall = time.perf_counter() - start
         out_fh.seek(0)
         err_fh.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        if code != 0:
             raise SystemExit(f"prune failed: {' '.join(cmd)}\n{err_fh.read()}")
-        return json.loads(out_fh.read()), wall, usage.ru_maxrss / 1024
+        return json.loads(out_fh.read()), wall, peak_mb
 
 
 def main() -> None:

@@ -28,7 +28,10 @@ def tensor_bytes(t: onnx.TensorProto) -> int:
     """Payload size from dims and element type (never touches the data itself)."""
     if t.data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in t.string_data)
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):      # an element type numpy cannot name
+        return t.ByteSize()
     return int(np.prod(t.dims, dtype=np.int64)) * itemsize
 
 
@@ -77,6 +80,15 @@ def restore(model: onnx.ModelProto, large: dict) -> None:
     for t in model.graph.initializer:
         if t.name in large and t.data_location == onnx.TensorProto.EXTERNAL:
             t.CopyFrom(large[t.name])
+
+
+def run_checker(model: onnx.ModelProto, full_check: bool) -> None:
+    """onnx.checker on any model; one too large to serialise is checked through `checkable`."""
+    if is_large(model):
+        with checkable(model) as path:
+            onnx.checker.check_model(path, full_check=full_check)
+    else:
+        onnx.checker.check_model(model, full_check=full_check)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError, first_line
-from .largemodel import checkable, is_large
+from .largemodel import run_checker
 
 # Constant-node attributes that hold a value we can turn into an initializer, with its dtype.
 _CONSTANT_VALUES = {"value": None, "value_float": np.float32, "value_floats": np.float32,
@@ -45,18 +45,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return normalize(model, copy=False)
 
 
-def check_model(model: onnx.ModelProto, where: str, full: bool = False) -> None:
-    """Run onnx.checker (`full`: with strict shape inference); a failure is reported in one line.
-
-    Models too large for one protobuf are checked through a skeleton (see largemodel.py).
-    """
+def check_model(model: onnx.ModelProto, where: str) -> None:
+    """Run onnx.checker; a failure is the user's model problem, reported in one line."""
     try:
-        if is_large(model):
-            with checkable(model) as path:
-                onnx.checker.check_model(path, full_check=full)
-        else:
-            onnx.checker.check_model(model, full_check=full)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        run_checker(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
         raise OnnxPruneError(f"{where} fails onnx.checker: {first_line(exc)}") from None
 
 

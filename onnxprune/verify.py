@@ -7,17 +7,13 @@ import onnx
 
 from . import runtime
 from .calib import Calibration
-from .largemodel import checkable, is_large
+from .largemodel import run_checker
 
 
 def check(model: onnx.ModelProto) -> None:
     """Full checker (with strict shape inference); a failure here is a bug in onnxprune, so it
     keeps its traceback. Models over 2 GB are checked through their skeleton."""
-    if is_large(model):
-        with checkable(model) as path:
-            onnx.checker.check_model(path, full_check=True)
-    else:
-        onnx.checker.check_model(model, full_check=True)
+    run_checker(model, full_check=True)
 
 
 def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size: int, device: str) -> dict:

@@ -6,23 +6,13 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-import builders as B
 from onnxprune import atomic, largemodel
 from onnxprune.cli import main
-from test_robust_inputs import snapshot
-
-
-@pytest.fixture
-def files(tmp_path):
-    model = B.cnn()
-    onnx.save(model, tmp_path / "model.onnx")
-    np.savez(tmp_path / "calib.npz", x=B.random_inputs(model, 48)["x"])
-    return tmp_path
+from test_robust_inputs import files, snapshot  # noqa: F401 - `files` is a fixture
 
 
 def command(tmp, *extra):

@@ -190,3 +190,24 @@ def test_external_data_path_on_a_tiny_model(tmp_path, monkeypatch):
         {t.name: numpy_helper.to_array(t).tobytes() for t in reference.graph.initializer}
     (y,), (z,) = B.run(reference, data), B.run(pruned, data)
     np.testing.assert_array_equal(y, z)
+
+
+def test_zero_and_duplicate_conv_channels_are_removed_within_rounding():
+    """conv1 has 8 filters: 5 duplicates 1, 6 and 7 are zero (zero after Relu). Keeping 5 with
+    reweighting must drop 6, 7 and one of the twins, and move the outputs only by rounding
+    (the Conv consumer pads its input, so this also checks the im2col borders)."""
+    b = B.GraphBuilder(seed=9)
+    x = b.input("x", ["N", 3, 7, 7])
+    w, bias = b.randn(8, 3, 3, 3), b.randn(8, scale=0.1)
+    w[5], bias[5] = w[1], bias[1]
+    w[6:], bias[6:] = 0.0, 0.0
+    h = b.relu(b.node("Conv", [x, b.const(w), b.const(bias)], name="conv1", kernel_shape=[3, 3], pads=[1] * 4))
+    b.output(b.conv(h, 8, 4, name="conv2"))
+    model = b.model()
+    data = B.random_inputs(model, 64)
+    pruned, report = prune(model, data, keep=5 / 8)
+    kept = set(report.groups[0]["kept"])
+    assert len(kept) == 5 and not kept & {6, 7} and not {1, 5} <= kept
+    (y,), (z,) = B.run(model, data), B.run(pruned, data)
+    np.testing.assert_allclose(z, y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
+    assert report.groups[0]["rel_error"] < 1e-10

@@ -45,8 +45,10 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
             elems = element_indices(drop, site.layout, alive.current_positions(site.layout))
             const = tensors[site.name]
             const.values = np.delete(const.values, elems, axis=site.axis)
+    site_names = {site.name for site in group.sites}
     for p in group.producers:
-        _slice_added_bias(graph, nodes[p.node], p, alive, members, kept_mask)
+        if p.bias not in site_names:
+            _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask)
     for a in group.attr_sites:
         _write_count(graph, nodes[a.node], a, after, tensors, taken)
     out = _export_like(graph, model)
@@ -83,16 +85,15 @@ def _write_consumer(graph, node, u, tensors, taken) -> None:
         node.attrs[name] = value
 
 
-def _slice_added_bias(graph, node, producer, alive, members, kept_mask) -> None:
-    """A bias onnxprune added earlier is not a site of the analysis: slice it here."""
-    if producer.bias is not None:
-        return
-    bias = _added_bias(graph, node)
-    if bias is None:
-        return
+def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask) -> None:
+    """Slice a producer bias the analysis did not list as per-channel: one onnxprune added
+    earlier, or a scalar bias an earlier refit of this node widened to one value per output."""
     from .layout import Layout, Segment
 
+    bias = tensors[producer.bias] if producer.bias is not None else _added_bias(graph, node)
     layout = Layout(0, 1, (Segment(producer.node, 0, kept_mask.size),))
+    if bias is None or np.ndim(bias.values) == 0 or bias.values.shape[-1] != alive.current_positions(layout):
+        return
     drop = alive.removal(layout, members, kept_mask)
     bias.values = np.delete(bias.values, drop, axis=-1)
 

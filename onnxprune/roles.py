@@ -45,14 +45,14 @@ def production(idx: GraphIndex, node) -> Source:
         if bias is not None and not _row_vector(idx.shapes[bias], channels):
             raise Refusal(f"Gemm '{name}' has a bias that is not one value per output column")
         src = _source(idx, Producer(name, op, weight, 0 if trans_b else 1, bias), out, channels, 1, 2)
-        return src if bias is None or idx.shapes[bias][-1] == channels else _drop_bias_site(src)
+        return src if bias is None or _per_channel(idx.shapes[bias], channels) else _drop_bias_site(src)
     if len(wshape) != 2:
         raise Refusal(f"MatMul '{name}' has a weight of rank {len(wshape)}, not 2")
     bias, bias_node = matmul_bias(idx, node)
     if bias_node is not None:
         out = idx.nodes[bias_node].output[0]
     src = _source(idx, Producer(name, op, weight, 1, bias, bias_node), out, wshape[1], rank - 1, rank)
-    return src if bias is None or idx.shapes[bias][-1] == wshape[1] else _drop_bias_site(src)
+    return src if bias is None or _per_channel(idx.shapes[bias], wshape[1]) else _drop_bias_site(src)
 
 
 def _source(idx: GraphIndex, producer: Producer, output: str, channels: int, axis: int, rank: int) -> Source:
@@ -61,6 +61,11 @@ def _source(idx: GraphIndex, producer: Producer, output: str, channels: int, axi
     if producer.bias is not None:
         sites.append(ParamSite(producer.bias, len(idx.shapes[producer.bias]) - 1, layout))
     return Source(producer, output, channels, layout, tuple(sites))
+
+
+def _per_channel(shape, n: int) -> bool:
+    """True when a row-vector bias holds one value per channel (not a shared scalar)."""
+    return bool(shape) and shape[-1] == n
 
 
 def _drop_bias_site(src: Source) -> Source:

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 import builders as B
 from onnxprune import analyze, prune
 from onnxprune.graph import float_param_count
-from onnxprune.groups import channel_indices
+from onnxprune.layout import element_indices
 
 OPSET, IR = 20, 9          # opset 20 has every pass-through op we support (Gelu, Mish, HardSwish)
 UNARY = {
@@ -166,7 +166,7 @@ def masked(model, analysis, report) -> onnx.ModelProto:
         for c in g.consumers:
             w = numpy_helper.to_array(inits[c.weight]).copy()
             index = [slice(None)] * w.ndim
-            index[c.weight_axis] = channel_indices(removed, c.flatten_block)
+            index[c.weight_axis] = element_indices(removed, c.layout, g.channels)
             w[tuple(index)] = 0
             inits[c.weight].CopyFrom(numpy_helper.from_array(w, c.weight))
     return out

@@ -18,9 +18,9 @@ def test_capture_sees_one_batch_at_a_time(monkeypatch, mode):
     adds, fetched, results = [], [], []
     real_add, real_run, real_result = GramAccumulator.add, runtime.run, GramAccumulator.result
 
-    def add(self, b, a=None):
+    def add(self, b, a=None, *args, **kwargs):
         adds.append((self.consumer.node, b.shape[0], None if a is None else a.shape[0]))
-        return real_add(self, b, a)
+        return real_add(self, b, a, *args, **kwargs)
 
     def run(sess, feeds, outputs):
         values = real_run(sess, feeds, outputs)

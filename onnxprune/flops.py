@@ -18,7 +18,7 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None) -> int 
     for node in idx.topo_nodes():
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
-        macs = _macs(idx, node)
+        macs = node_macs(idx, node)
         if macs is None:
             return None
         total += macs
@@ -35,7 +35,8 @@ def _dims(idx: GraphIndex, name: str):
     return None if any(d is None for d in dims) else dims
 
 
-def _macs(idx: GraphIndex, node) -> int | None:
+def node_macs(idx: GraphIndex, node) -> int | None:
+    """Multiply-accumulates of one Conv/Gemm/MatMul for one sample (None: unknown dims)."""
     out = _dims(idx, node.output[0])
     a = _dims(idx, node.input[0])
     b = _dims(idx, node.input[1])

@@ -62,11 +62,16 @@ def fixed_batch(specs: list) -> int | None:
 
 def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) -> Calibration:
     """Read a .npz (one array per input name, or one array for a one-input model) or .npy."""
+    return from_arrays(read_arrays(path), specs, samples, str(path))
+
+
+def read_arrays(path: str | os.PathLike, what: str = "calibration") -> dict:
+    """The arrays of a .npz file (by name) or of a .npy file (as '<array>')."""
     path = Path(path)
     if not path.exists():
-        raise OnnxPruneError(f"calibration file not found: {path}")
+        raise OnnxPruneError(f"{what} file not found: {path}")
     if path.is_dir():
-        raise OnnxPruneError(f"calibration path {path} is a directory; give a .npz or .npy file")
+        raise OnnxPruneError(f"{what} path {path} is a directory; give a .npz or .npy file")
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError/zipfile errors
@@ -79,7 +84,7 @@ def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) 
                 arrays = {k: loaded[k] for k in loaded.files}
             except Exception as exc:  # noqa: BLE001 - e.g. pickled object arrays
                 raise OnnxPruneError(f"{path}: cannot read its arrays ({first_line(exc)})") from None
-    return from_arrays(arrays, specs, samples, str(path))
+    return arrays
 
 
 def from_arrays(arrays, specs: list, samples: int | None, source: str = "arrays") -> Calibration:

@@ -2,11 +2,10 @@
 `--min-channels`, `--round-to`).
 
 - uniform: the same keep fraction in every group, the largest one that meets the target.
-- error: label-free "equal loss" (Kuzmin et al.'s idea without labels): every group keeps
-  the fewest channels whose greedy reconstruction error (relative, from the nested greedy
-  curve) is at most a common threshold; the smallest threshold that meets the target wins,
-  then leftover budget goes, one step at a time, to the group with the largest error that
-  still fits.
+- error: the least summed predicted output error (curves.py: the nested greedy's error
+  for every k, scaled by each group's measured effect on the network output) that meets
+  the target, found by marginal analysis; leftover budget then goes, one step at a time,
+  to the group with the largest error that still fits.
 - ranking (random-global): the channels of all groups ranked by one score; the longest
   prefix of the ranking that meets the target is kept.
 
@@ -69,11 +68,13 @@ class Target:
                 raise OnnxPruneError("--target flops needs static shapes (besides the batch); this model's FLOPs "
                                      "cannot be counted, use --target params")
 
-    def ratio(self, counts: dict) -> float:
+    def after(self, counts: dict) -> int:
         if self.kind == "params":
-            after = params_after(self.idx, self.groups, counts, self.adds_bias, self.before)
-        else:
-            after = flops_after(self.idx, self.groups, counts)
+            return params_after(self.idx, self.groups, counts, self.adds_bias, self.before)
+        return flops_after(self.idx, self.groups, counts)
+
+    def ratio(self, counts: dict) -> float:
+        after = self.after(counts)
         return self.before / after if after else math.inf
 
     def meets(self, counts: dict, ratio: float) -> bool:
@@ -103,24 +104,51 @@ def uniform_counts(target: Target, ratio: float, rules: Rules) -> dict:
 
 
 def error_counts(target: Target, ratio: float, rules: Rules, curves: dict) -> dict:
-    """Balanced relative error: curves[name][k] is the group's relative error keeping k."""
+    """Least summed error that meets the target; curves[name][k] is the group's (predicted)
+    error keeping k channels.
+
+    Starting from every channel kept, repeatedly step down the group whose error rises
+    least per unit of cost (parameters or FLOPs) saved, until the target is met; then
+    `_fill` gives back every step that still fits, largest error first.
+    """
     groups = target.groups
     check_reachable(target, ratio, rules)
-    errors = {g.name: np.minimum.accumulate(np.asarray(curves[g.name], dtype=np.float64)) for g in groups}
+    errors = {g.name: np.asarray(curves[g.name], dtype=np.float64) for g in groups}
     choices = {g.name: rules.choices(g.channels) for g in groups}
+    counts = {g.name: g.channels for g in groups}
+    neighbours = _sharing(groups)
+    after = target.after(counts)
+    price = {}
 
-    def at(tau: float) -> dict:
-        out = {}
-        for g in groups:
-            c = choices[g.name]
-            ok = errors[g.name][c] <= tau
-            out[g.name] = int(c[np.argmax(ok)]) if ok.any() else g.channels
-        return out
+    def step(name: str):
+        """(error rise per cost saved, smaller count, cost after) of stepping `name` down."""
+        c = choices[name]
+        lower = c[c < counts[name]]
+        if lower.size == 0:
+            return None
+        k = int(lower[-1])
+        cost = target.after(dict(counts, **{name: k}))
+        rise = max(errors[name][k] - errors[name][counts[name]], 0.0)
+        return (rise / (after - cost) if after > cost else math.inf), k, cost
 
-    levels = np.unique(np.concatenate([errors[g.name][choices[g.name]] for g in groups]))[::-1]
-    best = _last_true(len(levels), lambda i: target.meets(at(levels[i]), ratio))  # levels fall with i
-    counts = at(levels[best])
+    for g in groups:
+        price[g.name] = step(g.name)
+    while target.before / after < ratio * (1 - TOLERANCE):
+        name = min((n for n in price if price[n] is not None), key=lambda n: price[n][0])
+        _, counts[name], after = price[name]
+        for other in neighbours[name]:
+            price[other] = step(other)
     return _fill(target, ratio, counts, choices, lambda name, k: errors[name][k])
+
+
+def _sharing(groups) -> dict:
+    """group -> the groups (itself included) whose costs change when it changes: those
+    sharing an initializer with it."""
+    users = {}
+    for g in groups:
+        for p in g.params:
+            users.setdefault(p.name, set()).add(g.name)
+    return {g.name: set().union(*(users[p.name] for p in g.params)) | {g.name} for g in groups}
 
 
 def ranking_counts(groups, rules: Rules, scores: dict, keep: float | None = None, target: Target | None = None,

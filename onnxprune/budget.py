@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flops import node_macs
+from .flops import model_flops
 from .graph import GraphIndex, float_param_count
 
 
@@ -64,25 +64,9 @@ def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before:
 
 def flops_after(idx: GraphIndex, groups, counts: dict) -> int | None:
     """FLOPs (as flops.model_flops counts them) once every group keeps counts[name] channels.
-
-    A Conv/Gemm/MatMul with a constant weight does (output positions) x (weight elements)
-    multiply-accumulates, and pruning changes only the weight's size, so the count follows
-    planned_dims. Products of two activations keep their original cost (an upper bound).
-    None when model_flops cannot count the model (dynamic non-batch dimensions).
-    """
-    dims = planned_dims(idx, groups, counts)
-    total = 0
-    for node in idx.topo_nodes():
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
-            continue
-        macs = node_macs(idx, node)
-        if macs is None:
-            return None
-        weight = node.input[1]
-        if weight in dims:
-            macs = macs // int(np.prod(idx.shapes[weight])) * int(np.prod(dims[weight]))
-        total += macs
-    return 2 * total
+    Products of two activations keep their original cost (an upper bound); None when the
+    model's FLOPs cannot be counted (dynamic non-batch dimensions)."""
+    return model_flops(idx.model, idx, planned_dims(idx, groups, counts))
 
 
 def _output_axis(c) -> int:

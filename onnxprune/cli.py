@@ -75,7 +75,8 @@ def _method_options(f):
                           "original targets."),
         click.option("--reweight/--no-reweight", default=None,
                      help="Refit consumers by least squares [default: on; off for coreset without --calib]."),
-        click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True, help="Relative ridge of the refit."),
+        click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True,
+                     help="Relative ridge of the refit."),
         click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
                      help="uniform: same keep fraction per group; error: balanced greedy reconstruction error."),
         click.option("--target", type=click.Choice(TARGETS), default="params", show_default=True,
@@ -97,7 +98,8 @@ def _method_options(f):
 def _data_options(f):
     """Options shared by every command that runs the model on data."""
     options = [
-        click.option("--samples", type=int, help="Use the first N calibration samples [default: 512, or all if fewer]."),
+        click.option("--samples", type=int,
+                     help="Use the first N calibration samples [default: 512, or all if fewer]."),
         click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."),
         click.option("--exclude", multiple=True, metavar="NAME", help="Leave this Conv/Gemm/MatMul node alone "
                      "(repeatable)."),
@@ -114,7 +116,7 @@ def _data_options(f):
 @click.option("--calib", type=click.Path(), help=".npz (array per input name, or one array) or .npy calibration inputs.")
 @click.option("--calib-random", type=int, metavar="N", help="Use N standard-normal samples instead (smoke tests only).")
 @click.option("--keep", type=float, help="Fraction of channels kept in every group, 0 < F <= 1.")
-@click.option("--compression", type=float, help="Target ratio original/pruned (>= 1) of parameters (or --target flops).")
+@click.option("--compression", type=float, help="Target ratio original/pruned (>= 1) of parameters (or FLOPs).")
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True)
 @_method_options
 @_data_options

@@ -12,15 +12,22 @@ import onnx
 from .graph import GraphIndex, attr
 
 
-def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None) -> int | None:
+def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None) -> int | None:
+    """FLOPs for one sample; `weight_dims` (initializer -> new shape) counts a planned pruning:
+    a layer with a constant weight does (output positions) x (weight elements) MACs, and
+    pruning changes only the weight's size."""
     idx = index or GraphIndex.build(model)
+    weight_dims = weight_dims or {}
     total = 0
     for node in idx.topo_nodes():
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
-        macs = node_macs(idx, node)
+        macs = _macs(idx, node)
         if macs is None:
             return None
+        weight = node.input[1]
+        if weight in weight_dims:
+            macs = macs // math.prod(idx.shapes[weight]) * math.prod(weight_dims[weight])
         total += macs
     return 2 * total
 
@@ -35,8 +42,7 @@ def _dims(idx: GraphIndex, name: str):
     return None if any(d is None for d in dims) else dims
 
 
-def node_macs(idx: GraphIndex, node) -> int | None:
-    """Multiply-accumulates of one Conv/Gemm/MatMul for one sample (None: unknown dims)."""
+def _macs(idx: GraphIndex, node) -> int | None:
     out = _dims(idx, node.output[0])
     a = _dims(idx, node.input[0])
     b = _dims(idx, node.input[1])

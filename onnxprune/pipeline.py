@@ -21,6 +21,7 @@ from .allocation import (ALLOCATIONS, TARGETS, Rules, Target, check_reachable, e
 from .analyze import analyze
 from .calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
 from .capture import Capturer
+from .curves import output_curves
 from .errors import OnnxPruneError
 from .flops import model_flops
 from .graph import GraphIndex, float_param_count
@@ -29,7 +30,7 @@ from .methods.importance import DRAWS
 from .methods.random_global import random_scores
 from .methods.sampling import SensitivityAccumulator
 from .modelio import check_model, load_model, normalize
-from .problem import ChannelView, Problem, original_rows
+from .problem import ChannelView
 from .prune_groups import GroupPruner, group_rng
 from .report import Report
 from .reweight import DEFAULT_RIDGE
@@ -169,6 +170,7 @@ class Workspace:
         self.stats: dict = {}           # consumer node -> ConsumerStats of the original model
         self.sensitivity: dict = {}     # group -> sampling sensitivities on the original model
         self._orders: dict = {}         # (group, inputs digest) -> (greedy order, errors)
+        self._curves: dict = {}         # (min_channels, round_to, ridge) -> error allocation curves
         self.setup_seconds = time.perf_counter() - start
 
     def prune(self, opts: PruneOptions, progress: Callable | None = None, include_setup: bool = True):
@@ -182,9 +184,10 @@ class Workspace:
                 notes.append(DATA_FREE_NOTE)
         if opts.needs_data and self.calibration is None:
             _calibration(self.model, None, opts)            # raises the user error
-        t = time.perf_counter()
+        t, captured = time.perf_counter(), clock.seconds.get("capture", 0.0)
         counts = self.counts(opts, clock, progress)
         clock.add("budget", t)
+        clock.seconds["budget"] -= clock.seconds.get("capture", 0.0) - captured    # reported as capture
         pruned, group_reports = GroupPruner(self, opts, clock, progress).run(counts)
 
         t = time.perf_counter()
@@ -235,36 +238,11 @@ class Workspace:
         target = self.target(opts)
         if opts.allocation == "error":
             check_reachable(target, opts.compression, rules)
-            return error_counts(target, opts.compression, rules, self.error_curves(rules, clock, progress))
+            key = (opts.min_channels, opts.round_to, opts.ridge)
+            if key not in self._curves:
+                self._curves[key] = output_curves(self, opts, clock, progress)
+            return error_counts(target, opts.compression, rules, self._curves[key])
         return uniform_counts(target, opts.compression, rules)
-
-    def error_curves(self, rules: Rules, clock: _Clock, progress=None) -> dict:
-        """group -> relative greedy reconstruction error after keeping 0..C channels.
-
-        From layer-mode statistics of the original model in every mode: seq/asym statistics
-        only exist once the earlier groups are pruned, i.e. after the budget is fixed.
-        """
-        prunable = [g for g in self.groups if len(rules.choices(g.channels)) > 1]
-        names = {g.name for g in prunable}
-        self.layer_capture(prunable, False, clock, progress)
-        t = time.perf_counter()
-        alive, curves = Alive(), {}
-        for g in self.groups:
-            if g.name not in names:
-                curves[g.name] = np.zeros(g.channels + 1)
-                continue
-            matrices = [consumer_matrix(self.index, c) for c in g.consumers]
-            views = [ChannelView.of(c, set(g.sources), g.channels, alive) for c in g.consumers]
-            keep = [original_rows(c, alive) for c in g.consumers]
-            problems = [Problem.build(self.stats[c.node], m, v, self.xp, keep_rows=r)
-                        for c, m, v, r in zip(g.consumers, matrices, views, keep)]
-            label = f"error curve {g.name}"
-            sel = self.greedy_selection(g, problems, matrices, keep, g.channels,
-                                        lambda j, label=label, n=g.channels: (progress or _quiet)(label, j, n))
-            energy = sum(p.target for p in problems)
-            curves[g.name] = np.asarray(sel.errors) / energy if energy > 0 else np.zeros(g.channels + 1)
-        clock.add("select", t)
-        return curves
 
     # -- layer-mode caches -----------------------------------------------------------------
 
@@ -308,10 +286,6 @@ class Workspace:
 def _digest(a) -> bytes:
     a = np.ascontiguousarray(a)
     return hashlib.blake2b(a.tobytes(), digest_size=16, person=str(a.shape).encode()[:16]).digest()
-
-
-def _quiet(stage, done, total) -> None:
-    return None
 
 
 def _calibration(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:

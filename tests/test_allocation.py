@@ -7,6 +7,7 @@ import builders as B
 from onnxprune import OnnxPruneError, analyze, prune
 from onnxprune.allocation import Rules, Target, error_counts, keep_counts, ranking_counts, uniform_counts
 from onnxprune.budget import flops_after, params_after
+from onnxprune.curves import local_curves, output_curves
 from onnxprune.graph import GraphIndex
 from onnxprune.pipeline import PruneOptions, Workspace, _Clock
 
@@ -77,7 +78,7 @@ def test_uniform_allocation_is_the_largest_common_fraction(rules):
     assert max(fractions) <= bigger
 
 
-def test_balanced_error_gives_channels_to_the_group_whose_error_falls_slowest():
+def test_error_allocation_prunes_the_group_whose_error_rises_slowest_hardest():
     _, groups, target = setup(wide_cnn())
     curves = {}
     for g in groups:
@@ -87,6 +88,23 @@ def test_balanced_error_gives_channels_to_the_group_whose_error_falls_slowest():
     uniform = uniform_counts(target, 2.0, Rules())
     assert counts["conv2"] < uniform["conv2"]
     assert target.ratio(counts) >= 2.0
+
+
+def test_error_allocation_is_close_to_the_brute_force_least_summed_error():
+    import itertools
+
+    _, groups, target = setup(B.cnn())          # 8 x 6 x 10 plans
+    curves = {}
+    for i, g in enumerate(groups):              # convex, decreasing, different steepness per group
+        k = np.arange(g.channels + 1)
+        curves[g.name] = (1 - k / g.channels) ** (1.5 + i) * (1 + i)
+    for ratio in (1.5, 2.5):
+        counts = error_counts(target, ratio, Rules(), curves)
+        mine = sum(curves[n][k] for n, k in counts.items())
+        best = min(sum(curves[g.name][k] for g, k in zip(groups, ks))
+                   for ks in itertools.product(*(range(1, g.channels + 1) for g in groups))
+                   if target.meets(dict(zip([g.name for g in groups], ks)), ratio))
+        assert best <= mine <= 1.05 * best + 1e-12
 
 
 def test_round_to_keeps_multiples_and_small_groups_whole():
@@ -152,7 +170,7 @@ def test_error_curves_are_the_greedy_errors_and_end_at_zero():
     model = wide_cnn()
     data = B.random_inputs(model, 64)
     ws = Workspace(model, data, PruneOptions(compression=2.0, mode="layer"))
-    curves = ws.error_curves(Rules(), _Clock())
+    curves = local_curves(ws, Rules(), _Clock())
     for g in ws.groups:
         c = curves[g.name]
         assert c.shape == (g.channels + 1,) and c[-1] == pytest.approx(0.0, abs=1e-8)
@@ -160,7 +178,8 @@ def test_error_curves_are_the_greedy_errors_and_end_at_zero():
     # a layer-mode greedy run afterwards reuses the cached orders: its errors are the curve's
     _, report = ws.prune(PruneOptions(compression=2.0, mode="layer"))
     for g in report.groups:
-        assert g["rel_error"] == pytest.approx(curves[g["name"]][g["channels_after"]], rel=1e-4, abs=1e-7)   # ridge of the refit
+        expected = curves[g["name"]][g["channels_after"]]
+        assert g["rel_error"] == pytest.approx(expected, rel=1e-4, abs=1e-7)      # up to the refit's ridge
 
 
 def test_error_allocation_lowers_output_error_on_uneven_layers():
@@ -189,3 +208,25 @@ def test_error_allocation_needs_data_and_a_compression_target():
         prune(B.mlp(), None, compression=1.5, allocation="error", method="weight-norm", reweight=False)
     with pytest.raises(OnnxPruneError, match="--compression"):
         prune(B.mlp(), B.random_inputs(B.mlp(), 8), keep=0.5, allocation="error")
+
+
+def test_output_curves_scale_the_local_curve_by_the_groups_share_of_the_output():
+    """y = fc2(relu(fc1(x))) + skip(x): an error in fc2's output reaches y unchanged, so the
+    measured gain is exactly ||fc2 output||² / ||y||²."""
+    b = B.GraphBuilder(3)
+    x = b.input("x", ["N", 6])
+    branch = b.gemm(b.relu(b.gemm(x, 6, 10, name="fc1")), 10, 3, name="fc2")
+    skip = b.node("Gemm", [x, b.const(3 * b.randn(3, 6))], name="skip", transB=1)
+    b.output(b.node("Add", [branch, skip]))
+    model = b.model()
+    data = B.random_inputs(model, 100)
+    opts = PruneOptions(compression=1.2)
+    ws = Workspace(model, data, opts)
+    local = local_curves(ws, Rules(), _Clock())["fc1"]
+    predicted = output_curves(ws, opts, _Clock())["fc1"]
+    from onnxprune.capture import submodel
+
+    y, branch_out = B.run(submodel(model, ["y", branch]), data)
+    share = np.sum(branch_out.astype(np.float64) ** 2) / np.sum(y.astype(np.float64) ** 2)
+    assert 0.01 < share < 0.5
+    np.testing.assert_allclose(predicted[1:-1], share * local[1:-1], rtol=1e-3)

@@ -5,7 +5,7 @@ scores top-1 on the whole test set with onnxruntime. Protocol: DESIGN.md section
 512 images of *_calib.npz for calibration, all of *_test.npz for test).
 
     python tools/bench_accuracy.py --model resnet56_cifar10 --compression 2 \\
-        --method greedy --method weight-norm --mode asym
+        --method greedy --method weight-norm --mode asym --allocation uniform --allocation error
 
 prints one markdown table row per run (and appends JSON lines to --log if given).
 """
@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--compression", type=float, action="append", default=[])
     p.add_argument("--method", action="append", default=[])
     p.add_argument("--mode", action="append", default=[])
+    p.add_argument("--allocation", action="append", default=[], help="uniform (default) and/or error")
     p.add_argument("--no-reweight", action="store_true", help="also run every configuration without reweighting")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--offset", type=int, default=0, help="first calibration image (seeds pick other windows)")
@@ -83,30 +84,30 @@ def main() -> None:
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     calib = calibration_file(dataset, a.samples, a.offset, work)
-    print(f"| model | method | mode | reweight | target | ratio | FLOPs ratio | top-1 | prune s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.model} | original | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
+    print("| model | method | mode | reweight | allocation | target | ratio | FLOPs ratio | top-1 | prune s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {a.model} | original | | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
     reweights = [True, False] if a.no_reweight else [True]
-    for ratio in a.compression or [2.0]:
-        for method in a.method or ["greedy"]:
-            for mode in a.mode or ["asym"]:
-                for rw in reweights:
-                    with tempfile.TemporaryDirectory(dir=work) as tmp:
-                        out = Path(tmp) / "pruned.onnx"
-                        extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
-                                 "--reweight" if rw else "--no-reweight", "--samples", str(a.samples), *a.extra.split()]
-                        report, wall, rss = run_prune(model, calib, out, extra)
-                        acc = top1(out, dataset)
-                    flops = report["flops_ratio"] or float("nan")
-                    print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {ratio:g} | "
-                          f"{report['compression']:.2f} | {flops:.2f} | {acc:.4f} | {wall:.1f} | {rss:.0f} |", flush=True)
-                    if a.log:
-                        with a.log.open("a") as fh:
-                            fh.write(json.dumps({"model": a.model, "method": method, "mode": mode, "reweight": rw,
-                                                 "target": ratio, "ratio": report["compression"],
-                                                 "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
-                                                 "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
-                                                 "samples": a.samples}) + "\n")
+    configs = [(ratio, method, mode, rw, alloc) for ratio in a.compression or [2.0] for method in a.method or ["greedy"]
+               for mode in a.mode or ["asym"] for rw in reweights for alloc in a.allocation or ["uniform"]]
+    for ratio, method, mode, rw, alloc in configs:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            out = Path(tmp) / "pruned.onnx"
+            extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
+                     "--reweight" if rw else "--no-reweight", "--allocation", alloc, "--samples", str(a.samples),
+                     *a.extra.split()]
+            report, wall, rss = run_prune(model, calib, out, extra)
+            acc = top1(out, dataset)
+        flops = report["flops_ratio"] or float("nan")
+        print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {alloc} | {ratio:g} | "
+              f"{report['compression']:.2f} | {flops:.2f} | {acc:.4f} | {wall:.1f} | {rss:.0f} |", flush=True)
+        if a.log:
+            with a.log.open("a") as fh:
+                fh.write(json.dumps({"model": a.model, "method": method, "mode": mode, "reweight": rw,
+                                     "allocation": alloc, "target": ratio, "ratio": report["compression"],
+                                     "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
+                                     "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
+                                     "samples": a.samples}) + "\n")
 
 
 if __name__ == "__main__":

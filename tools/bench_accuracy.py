@@ -73,7 +73,9 @@ def main() -> None:
     p.add_argument("--method", action="append", default=[])
     p.add_argument("--mode", action="append", default=[])
     p.add_argument("--allocation", action="append", default=[], help="uniform (default) and/or error")
-    p.add_argument("--no-reweight", action="store_true", help="also run every configuration without reweighting")
+    p.add_argument("--reweight", choices=("yes", "no", "both"), default="yes",
+                   help="refit the consumers (yes), not (no), or run every configuration both ways")
+    p.add_argument("--no-reweight", action="store_true", help="same as --reweight both")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--offset", type=int, default=0, help="first calibration image (seeds pick other windows)")
     p.add_argument("--extra", default="", help="extra arguments for onnxprune prune, e.g. '--ridge 1e-3'")
@@ -87,7 +89,7 @@ def main() -> None:
     print("| model | method | mode | reweight | allocation | target | ratio | FLOPs ratio | top-1 | prune s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {a.model} | original | | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
-    reweights = [True, False] if a.no_reweight else [True]
+    reweights = {"yes": [True], "no": [False], "both": [True, False]}["both" if a.no_reweight else a.reweight]
     configs = [(ratio, method, mode, rw, alloc) for ratio in a.compression or [2.0] for method in a.method or ["greedy"]
                for mode in a.mode or ["asym"] for rw in reweights for alloc in a.allocation or ["uniform"]]
     for ratio, method, mode, rw, alloc in configs:

@@ -1,6 +1,7 @@
 """coreset, sampling and random-global: scores against hand computations, exact-k draws,
 and importance weights that keep the pruned layer unbiased."""
 import numpy as np
+import onnx
 import pytest
 from onnx import numpy_helper
 
@@ -242,3 +243,20 @@ def test_select_dispatches_the_new_methods():
     r = select("random-global", 2, 5, rng=np.random.default_rng(9))
     expected = np.sort(np.argsort(-np.random.default_rng(9).random(5))[:2])
     assert list(r.kept) == list(expected) and r.scales is None
+
+
+@pytest.mark.parametrize("name", ["mlp_transb0", "cnn_gap", "matmul_tokens"])
+@pytest.mark.parametrize("method", ["random-global", "sampling", "coreset"])
+@pytest.mark.parametrize("reweight", [True, False])
+def test_new_methods_give_valid_smaller_models(name, method, reweight):
+    from test_prune import MODELS
+
+    model = MODELS[name]()
+    data = B.random_inputs(model, 48)
+    pruned, report = prune(model, data, keep=0.5, method=method, reweight=reweight, mode="asym")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [o.shape for o in B.run(pruned, data)] == [o.shape for o in B.run(model, data)]
+    assert report.params_after < report.params_before
+    for g in report.groups:                # a refit is never worse than the intercept alone
+        assert len(g["kept"]) == g["channels_after"] and g["rel_error"] >= 0.0
+        assert g["rel_error"] <= 1.0 + 1e-9 or not reweight

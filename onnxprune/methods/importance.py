@@ -88,7 +88,7 @@ def _until_distinct(s: np.ndarray, k: int, rng: np.random.Generator) -> tuple:
     positive = np.flatnonzero(s > 0)
     if positive.size <= k:
         return _fill(positive, np.ones(positive.size), s, k, rng)
-    pr = s / s.sum()
+    pr = probabilities(s)
     hits = np.zeros(s.size, dtype=np.int64)
     draws, distinct, chunk = 0, 0, max(64, 4 * k)
     while distinct < k and draws < MAX_DRAWS:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..features import canonical_order, design_rows, sample_major
 from ..groups import Consumer
+from ..xp import to_numpy
 
 # Contributions are formed in chunks of at most this many float64 elements (32 MiB).
 CHUNK_ELEMENTS = 4 * 1024 * 1024
@@ -68,6 +69,4 @@ class SensitivityAccumulator:
             self.value = xp.maximum(self.value, ratio.reshape(ratio.shape[0], -1).max(axis=1))
 
     def result(self) -> np.ndarray:
-        from ..xp import to_numpy
-
         return to_numpy(self.value)

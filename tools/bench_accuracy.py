@@ -50,9 +50,10 @@ def top1(model_path: Path, dataset: str) -> float:
     return float(np.mean(pred == y))
 
 
-def run_prune(model: Path, calib: Path, out: Path, args: list) -> tuple:
-    """(report, wall seconds, peak RSS in MB of the pruning process)."""
-    cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(model), "--calib", str(calib), "-o", str(out),
+def run_prune(model: Path, calib: Path | None, out: Path, args: list) -> tuple:
+    """(report, wall seconds, peak RSS in MB of the pruning process); calib None: data-free."""
+    data = ["--calib", str(calib)] if calib is not None else []
+    cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(model), *data, "-o", str(out),
            "--force", "--json", "--quiet", *args]
     with tempfile.TemporaryFile("w+") as out_fh, tempfile.TemporaryFile("w+") as err_fh:
         start = time.perf_counter()
@@ -78,6 +79,8 @@ def main() -> None:
     p.add_argument("--no-reweight", action="store_true", help="same as --reweight both")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--offset", type=int, default=0, help="first calibration image (seeds pick other windows)")
+    p.add_argument("--data-free", action="store_true",
+                   help="no --calib (data-free selections without refit: same models, no statistics to capture)")
     p.add_argument("--extra", default="", help="extra arguments for onnxprune prune, e.g. '--ridge 1e-3'")
     p.add_argument("--log", type=Path, help="append one JSON line per run")
     a = p.parse_args()
@@ -96,9 +99,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             out = Path(tmp) / "pruned.onnx"
             extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
-                     "--reweight" if rw else "--no-reweight", "--allocation", alloc, "--samples", str(a.samples),
-                     *a.extra.split()]
-            report, wall, rss = run_prune(model, calib, out, extra)
+                     "--reweight" if rw else "--no-reweight", "--allocation", alloc,
+                     *([] if a.data_free else ["--samples", str(a.samples)]), *a.extra.split()]
+            report, wall, rss = run_prune(model, None if a.data_free else calib, out, extra)
             acc = top1(out, dataset)
         flops = report["flops_ratio"] or float("nan")
         print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {alloc} | {ratio:g} | "
@@ -109,7 +112,7 @@ def main() -> None:
                                      "allocation": alloc, "target": ratio, "ratio": report["compression"],
                                      "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
                                      "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
-                                     "samples": a.samples}) + "\n")
+                                     "samples": None if a.data_free else a.samples}) + "\n")
 
 
 if __name__ == "__main__":

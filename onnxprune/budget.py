@@ -1,21 +1,15 @@
-"""How many channels each group keeps: from --keep, or from a --compression target.
+"""What a channel plan (kept channels per group) costs: parameters and FLOPs.
 
 Parameter counts follow the paper: every floating-point initializer element of the model.
-Counting is structural (it needs no data), so the budget is fixed before any slow work.
+Counting is structural (it needs no data), so the budget is fixed before any slow work;
+allocation.py searches plans with it.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .errors import OnnxPruneError
+from .flops import model_flops
 from .graph import GraphIndex, float_param_count
-
-
-def counts_for_keep(groups, keep: float) -> dict:
-    """Kept channels per group for a uniform fraction (at least one channel each)."""
-    return {g.name: min(g.channels, max(1, int(math.floor(keep * g.channels + 0.5)))) for g in groups}
 
 
 def axis_length(layout, counts_by_source: dict, channels_by_source: dict) -> int:
@@ -34,8 +28,8 @@ def axis_length(layout, counts_by_source: dict, channels_by_source: dict) -> int
     return positions * layout.block
 
 
-def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before: int | None = None) -> int:
-    """Float parameter count of the model once every group keeps counts[name] channels."""
+def planned_dims(idx: GraphIndex, groups, counts: dict) -> dict:
+    """New shape of every initializer that depends on a group, once group g keeps counts[g]."""
     by_source, channels = {}, {}
     for g in groups:
         for s in g.sources:
@@ -48,6 +42,12 @@ def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before:
             seen.add((p.name, p.axis))
             shape = dims.setdefault(p.name, list(idx.shapes[p.name]))
             shape[p.axis] = axis_length(p.layout, by_source, channels)
+    return dims
+
+
+def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before: int | None = None) -> int:
+    """Float parameter count of the model once every group keeps counts[name] channels."""
+    dims = planned_dims(idx, groups, counts)
     before = float_param_count(idx.model) if before is None else before
     removed = sum(int(np.prod(idx.shapes[n])) - int(np.prod(d)) for n, d in dims.items())
     added = 0
@@ -62,44 +62,16 @@ def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before:
     return before - removed + added
 
 
+def flops_after(idx: GraphIndex, groups, counts: dict) -> int | None:
+    """FLOPs (as flops.model_flops counts them) once every group keeps counts[name] channels.
+    Products of two activations keep their original cost (an upper bound); None when the
+    model's FLOPs cannot be counted (dynamic non-batch dimensions)."""
+    return model_flops(idx.model, idx, planned_dims(idx, groups, counts))
+
+
 def _output_axis(c) -> int:
     if c.op == "Conv":
         return 0
     if c.op == "Gemm":
         return 0 if c.trans_b else 1
     return 1
-
-
-def counts_for_compression(idx: GraphIndex, groups, ratio: float, adds_bias: bool) -> dict:
-    """The largest uniform keep fraction whose parameter ratio reaches `ratio`.
-
-    Fractions are searched over every breakpoint k/C, so the result never falls short of the
-    target and keeping one more channel per group would.
-    """
-    before = float_param_count(idx.model)
-    if ratio < 1:
-        raise OnnxPruneError(f"--compression must be >= 1 (original/pruned parameters), got {ratio}")
-    if not groups:
-        raise OnnxPruneError("nothing to prune: the model has no prunable channel groups (see `onnxprune analyze`)")
-
-    def reached(counts):
-        return before / params_after(idx, groups, counts, adds_bias, before)
-
-    floor = {g.name: 1 for g in groups}
-    best = reached(floor)
-    if best < ratio * (1 - 1e-12):
-        raise OnnxPruneError(
-            f"--compression {ratio:g} is unreachable: pruning every group to one channel gives {best:.3f}x at most"
-        )
-    fractions = sorted({k / g.channels for g in groups for k in range(1, g.channels + 1)})
-    lo, hi = 0, len(fractions) - 1      # reached() is non-increasing in the fraction
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if reached(counts_for_keep(groups, fractions[mid])) >= ratio * (1 - 1e-12):
-            lo = mid
-        else:
-            hi = mid - 1
-    counts = counts_for_keep(groups, fractions[lo])
-    if reached(counts) < ratio * (1 - 1e-12):
-        return floor
-    return counts

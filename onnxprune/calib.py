@@ -64,12 +64,17 @@ def fixed_batch(specs: list) -> int | None:
 
 def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) -> Calibration:
     """Read a .npz (one array per input name, or one array for a one-input model) or .npy."""
+    return from_arrays(read_arrays(path), specs, samples, str(path))
+
+
+def read_arrays(path: str | os.PathLike, what: str = "calibration") -> dict:
+    """The arrays of a .npz file (by name) or of a .npy file (as '<array>')."""
     path = Path(path)
     if not path.exists():
-        raise OnnxPruneError(f"calibration file not found: {path}")
+        raise OnnxPruneError(f"{what} file not found: {path}")
     if path.is_dir():
-        raise OnnxPruneError(f"calibration path {path} is a directory; give a .npz or .npy file")
-    _check_format(path)
+        raise OnnxPruneError(f"{what} path {path} is a directory; give a .npz or .npy file")
+    _check_format(path, what)
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -84,18 +89,18 @@ def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) 
         raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - numpy raises OSError/zipfile/EOF errors on damaged files
         raise OnnxPruneError(f"{path} is not a readable .npz/.npy file ({first_line(exc)}); is it truncated?") from None
-    return from_arrays(arrays, specs, samples, str(path))
+    return arrays
 
 
-def _check_format(path: Path) -> None:
+def _check_format(path: Path, what: str) -> None:
     """Refuse anything that is not a NumPy .npy or .npz file by its first bytes (never its name)."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(6)
     except OSError as exc:
-        raise OnnxPruneError(f"cannot read calibration file {path}: {exc.strerror or exc}") from None
+        raise OnnxPruneError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     if magic not in (NPY_MAGIC,) and not magic.startswith(ZIP_MAGIC):
-        raise OnnxPruneError(f"{path} is not a .npz or .npy file; save calibration inputs with "
+        raise OnnxPruneError(f"{path} is not a .npz or .npy file; save {what} inputs with "
                              "numpy.savez(path, <input name>=array) or numpy.save")
 
 

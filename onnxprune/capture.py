@@ -87,14 +87,15 @@ class Capturer:
         self.progress = progress or (lambda stage, done, total: None)
         self._streams: dict = {}
 
-    def layer_stats(self, model: onnx.ModelProto, consumers: list, label: str) -> list:
-        """Statistics of every consumer from one pass of `model`."""
-        tensors = sorted({c.input for c in consumers})
+    def layer_stats(self, model: onnx.ModelProto, consumers: list, label: str, observers: tuple = ()) -> list:
+        """Statistics of every consumer from one pass of `model`. `observers` (objects with
+        `.consumer` and `.add(batch)`, e.g. sampling's sensitivities) see the same batches."""
+        tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
         sess = runtime.session(submodel(model, tensors), self.device)
         accs = [GramAccumulator(c, self.xp) for c in consumers]
         for feeds in self._batches(label):
             out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
-            for acc in accs:
+            for acc in accs + list(observers):
                 acc.add(out[acc.consumer.input], row_mask=feeds.get(self.row_mask))
         return [acc.result() for acc in accs]
 
@@ -118,8 +119,10 @@ class Capturer:
         return sample_major(one, two)
 
     def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
-                   original: onnx.ModelProto | None = None, weights: dict | None = None) -> list:
-        """Statistics of the next planned group on `current` (asym: against `original`)."""
+                   original: onnx.ModelProto | None = None, weights: dict | None = None,
+                   observers: tuple = ()) -> list:
+        """Statistics of the next planned group on `current` (asym: against `original`);
+        `observers` see the current model's consumer inputs, as in layer_stats."""
         save = self.frontiers[self.step]
         self.step += 1
         tensors = sorted({c.input for c in consumers})
@@ -137,6 +140,8 @@ class Capturer:
             a_out = ref.run_batch(start, feeds) if ref is not None else {}
             for acc in accs:
                 acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input), feeds.get(self.row_mask))
+            for obs in observers:
+                obs.add(b_out[obs.consumer.input], row_mask=feeds.get(self.row_mask))
             start += next(iter(feeds.values())).shape[0]
         cur.finish()
         if ref is not None:

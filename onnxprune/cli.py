@@ -12,14 +12,19 @@ import click
 
 from . import __version__
 from .analyze import analyze as analyze_model
+from .allocation import ALLOCATIONS, TARGETS
 from .atomic import Staged
 from .errors import NothingToPrune, OnnxPruneError
+from .evaluate import evaluate, load_eval_data
 from .graph import GraphIndex
+from .methods.importance import DRAWS
 from .modelio import load_model, validate_output_path
 from .pipeline import MODES, prune as prune_model
 from .progress import StderrProgress
 from .reweight import DEFAULT_RIDGE
+from .runtime import resolve_device
 from .select import METHODS
+from .sweep import plot_available, sweep as run_sweep
 
 EXIT_NOTHING_TO_PRUNE = 3
 
@@ -74,44 +79,77 @@ def analyze(model, exclude, as_json):
         click.echo(f"  left alone {s.node} ({s.op}): {s.reason}")
 
 
+def _method_options(f):
+    """Options shared by `prune` and `sweep`: how channels are chosen, refitted and budgeted."""
+    options = [
+        click.option("--mode", type=click.Choice(MODES), default="asym", show_default=True,
+                     help="layer: original activations; seq: pruned-model activations; asym: pruned inputs, "
+                          "original targets."),
+        click.option("--reweight/--no-reweight", default=None,
+                     help="Refit consumers by least squares [default: on; off for coreset without --calib]."),
+        click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True,
+                     help="Relative ridge of the refit."),
+        click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
+                     help="uniform: same keep fraction per group; error: balanced greedy reconstruction error."),
+        click.option("--target", type=click.Choice(TARGETS), default="params", show_default=True,
+                     help="What --compression counts: parameters or FLOPs."),
+        click.option("--min-channels", type=int, default=1, show_default=True, help="Keep at least N per group."),
+        click.option("--round-to", type=int, default=1, show_default=True,
+                     help="Kept counts are multiples of K (groups smaller than K stay whole)."),
+        click.option("--coreset-beta", type=float, default=1.0, show_default=True,
+                     help="coreset: bound on the input norm (cancels out for ReLU-like activations)."),
+        click.option("--draw", type=click.Choice(DRAWS), default="systematic", show_default=True,
+                     help="sampling/coreset: exact-k unbiased systematic draw, or the paper's with-replacement draw."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _data_options(f):
+    """Options shared by every command that runs the model on data."""
+    options = [
+        click.option("--samples", type=int,
+                     help="Use the first N calibration samples [default: 512, or all if fewer]."),
+        click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."),
+        click.option("--exclude", multiple=True, metavar="NAME", help="Leave this Conv/Gemm/MatMul node alone "
+                     "(repeatable)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--row-mask", metavar="INPUT",
+                     help="Model input marking real tokens (1) and padding (0), e.g. attention_mask: padding rows "
+                          "are left out of the statistics of token-wise (Gemm/MatMul) consumers."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command(cls=_Command)
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the pruned model.")
 @click.option("--calib", type=click.Path(), help=".npz (array per input name, or one array) or .npy calibration inputs.")
 @click.option("--calib-random", type=int, metavar="N", help="Use N standard-normal samples instead (smoke tests only).")
-@click.option("--samples", type=int, help="Use the first N calibration samples [default: 512, or all if fewer].")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run.")
 @click.option("--keep", type=float, help="Fraction of channels kept in every group, 0 < F <= 1.")
-@click.option("--compression", type=float, help="Target parameter ratio original/pruned (>= 1).")
+@click.option("--compression", type=float, help="Target ratio original/pruned (>= 1) of parameters (or FLOPs).")
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True)
-@click.option("--mode", type=click.Choice(MODES), default="asym", show_default=True,
-              help="layer: original activations; seq: pruned-model activations; asym: pruned inputs, original targets.")
-@click.option("--reweight/--no-reweight", default=True, show_default=True, help="Refit consumers by least squares.")
-@click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True, help="Relative ridge of the refit.")
-@click.option("--row-mask", metavar="INPUT",
-              help="Model input marking real tokens (1) and padding (0), e.g. attention_mask: padding rows are "
-                   "left out of the statistics of token-wise (Gemm/MatMul) consumers.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exclude", multiple=True, metavar="NAME", help="Leave this Conv/Gemm/MatMul node alone (repeatable).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_method_options
+@_data_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT (and --report) if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("--report", type=click.Path(), help="Also write the JSON report to this file.")
 @click.option("--no-timings", is_flag=True,
               help="Leave wall-clock times out of the report (seconds: null), so reruns give identical reports.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def prune(model, output, calib, calib_random, samples, batch_size, keep, compression, method, mode, reweight, ridge,
-          row_mask, seed, exclude, device, force, as_json, report, no_timings, quiet):
+def prune(model, output, calib, calib_random, keep, compression, method, force, as_json, report, no_timings, quiet,
+          **options):
     """Prune MODEL and write the smaller model to OUTPUT."""
     inputs = [model, calib]
     out = validate_output_path(output, inputs, force)
     if report:
         validate_output_path(report, inputs + [output], force)
-    pruned, result = prune_model(
-        model, calib, keep=keep, compression=compression, method=method, mode=mode, reweight=reweight,
-        seed=seed, exclude=exclude, samples=samples, batch_size=batch_size, calib_random=calib_random,
-        device=device, ridge=ridge, row_mask=row_mask, progress=StderrProgress(enabled=not quiet),
-    )
+    pruned, result = prune_model(model, calib, keep=keep, compression=compression, method=method,
+                                 calib_random=calib_random, progress=StderrProgress(enabled=not quiet), **options)
     result.output = str(out)
     if no_timings:
         result.seconds = None
@@ -121,9 +159,100 @@ def prune(model, output, calib, calib_random, samples, batch_size, keep, compres
             staged.add_bytes(report, result.to_json().encode())
     if as_json:
         sys.stdout.write(result.to_json())
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     agreement = result.verify.get("argmax_agreement")
     extra = f", argmax agreement {agreement:.3f}" if agreement is not None else ""
     click.echo(f"pruned {model} -> {out}: {result.summary()}{extra}", err=True)
+
+
+def _comma_list(convert):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [convert(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if not items:
+            raise click.BadParameter("give at least one value")
+        return items
+    return parse
+
+
+def _method_name(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return name
+
+
+@main.command(cls=_Command)
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--calib", required=True, type=click.Path(),
+              help="Calibration .npz/.npy; the last --holdout samples measure fidelity, never prune.")
+@click.option("--compression", required=True, callback=_comma_list(float), metavar="R1,R2,...",
+              help="Target ratios, e.g. 2,4,8,16.")
+@click.option("--methods", default="greedy", show_default=True, callback=_comma_list(_method_name),
+              metavar="M1,M2,...", help=f"Any of {', '.join(METHODS)}.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for the models, sweep.csv/json/png.")
+@click.option("--eval", "eval_path", type=click.Path(), help="Labelled .npz: adds top-1 accuracy to the table.")
+@click.option("--labels", metavar="KEY", help="Name of the label array in --eval [label, labels or y].")
+@click.option("--holdout", type=int, default=256, show_default=True, help="Last N calibration samples held out.")
+@click.option("--plot/--no-plot", default=None, help="Write sweep.png [default: when matplotlib is installed].")
+@_method_options
+@_data_options
+@click.option("--force", is_flag=True, help="Overwrite existing files in OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON document on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def sweep(model, calib, compression, methods, out_dir, eval_path, labels, holdout, plot, force, as_json, quiet,
+          **options):
+    """Prune MODEL with several methods at several ratios and tabulate the results."""
+    if plot is None and not plot_available():
+        click.echo("note: matplotlib is not installed, so no sweep.png (pip install 'onnxprune[plot]')", err=True)
+    doc = run_sweep(model, calib, compression, methods, out_dir, holdout=holdout, eval_path=eval_path,
+                    labels=labels, plot=plot, force=force, progress=StderrProgress(enabled=not quiet), **options)
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    metric = "top1" if doc["eval"] else "holdout_agreement"
+    click.echo(f"{'method':<14} {'target':>6} {'ratio':>7} {'FLOPs':>6} {metric:>17} {'seconds':>8}", err=True)
+    for r in doc["rows"]:
+        value = "n/a" if r[metric] is None else f"{r[metric]:.4f}"
+        flops = "n/a" if r["flops_ratio"] is None else f"{r['flops_ratio']:.2f}"
+        click.echo(f"{r['method']:<14} {r['target_ratio']:>6g} {r['compression']:>7.2f} {flops:>6} {value:>17} "
+                   f"{r['seconds']:>8.1f}", err=True)
+    click.echo(f"wrote {len(doc['rows'])} models and sweep.csv/sweep.json to {out_dir}", err=True)
+
+
+@main.command("eval", cls=_Command)
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--data", required=True, type=click.Path(), help=".npz with one array per model input (and labels).")
+@click.option("--labels", metavar="KEY", help="Name of the label array [label, labels or y when present].")
+@click.option("--reference", type=click.Path(), help="The original model: argmax agreement and output error.")
+@click.option("--samples", type=int, help="Use the first N samples [default: all].")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+def evaluate_command(model, data, labels, reference, samples, batch_size, device, as_json):
+    """Top-1 accuracy of MODEL on labelled data, and/or its agreement with a reference model."""
+    if batch_size <= 0:
+        raise OnnxPruneError(f"--batch-size must be positive, got {batch_size}")
+    candidate = load_model(model)
+    ref = load_model(reference) if reference else None
+    eval_data = load_eval_data(data, candidate, labels, samples)
+    result = evaluate(candidate, eval_data, ref, batch_size, resolve_device(device))
+    doc = {"schema_version": 1, "model": model, "data": data, "labels": eval_data.label_key, **result}
+    if ref is not None:
+        doc["reference"] = {"model": reference, **result["reference"]}
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        return
+    if doc["top1"] is not None:
+        click.echo(f"top-1 {doc['top1']:.4f} on {doc['samples']} samples (labels '{eval_data.label_key}')")
+    if ref is not None:
+        agreement = doc["reference"]["argmax_agreement"]
+        click.echo(f"vs {reference}: argmax agreement " + ("n/a" if agreement is None else f"{agreement:.4f}"))
+        for name, value in doc["reference"]["output_rel_error"].items():
+            click.echo(f"  relative output error {name}: {value:.3e}")
 
 
 if __name__ == "__main__":

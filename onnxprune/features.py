@@ -31,6 +31,18 @@ def design_rows(x, c: Consumer, xp, dtype):
     return rows
 
 
+def token_rows(c: Consumer, batch, row_mask):
+    """Boolean [samples, rows per sample] of the rows to count, when a [samples, tokens] 0/1
+    mask lines up with a token-wise (Gemm/MatMul) consumer's rows; None: count every row."""
+    if row_mask is None or c.op == "Conv":
+        return None
+    per_sample = batch[:1].size // max(1, batch.shape[-1])
+    mask = np.asarray(row_mask).reshape(row_mask.shape[0], -1)
+    if mask.shape[0] != batch.shape[0] or mask.shape[1] != per_sample:
+        return None
+    return mask != 0
+
+
 def canonical_order(c: Consumer, features: int) -> np.ndarray | None:
     """Permutation taking design_rows' column order to channel-block order (None: identity)."""
     if c.op != "Conv" or c.kernel_area == 1:

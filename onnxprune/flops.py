@@ -12,8 +12,12 @@ import onnx
 from .graph import GraphIndex, attr
 
 
-def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None) -> int | None:
+def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None) -> int | None:
+    """FLOPs for one sample; `weight_dims` (initializer -> new shape) counts a planned pruning:
+    a layer with a constant weight does (output positions) x (weight elements) MACs, and
+    pruning changes only the weight's size."""
     idx = index or GraphIndex.build(model)
+    weight_dims = weight_dims or {}
     total = 0
     for node in idx.topo_nodes():
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
@@ -21,6 +25,9 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None) -> int 
         macs = _macs(idx, node)
         if macs is None:
             return None
+        weight = node.input[1]
+        if weight in weight_dims:
+            macs = macs // math.prod(idx.shapes[weight]) * math.prod(weight_dims[weight])
         total += macs
     return 2 * total
 

@@ -38,6 +38,7 @@ class Report:
     seconds: dict | None          # None with --no-timings (reproducible reports)
     schema_version: int = SCHEMA_VERSION
     tool: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)     # decisions a user should know about, one line each
 
     @property
     def compression(self) -> float:
@@ -50,7 +51,7 @@ class Report:
                             if self.flops_before and self.flops_after else None)
         order = ["schema_version", "tool", "input", "output", "method", "mode", "reweight", "seed", "device",
                  "calibration", "budget", "params_before", "params_after", "compression", "flops_before",
-                 "flops_after", "flops_ratio", "groups", "skipped", "verify", "seconds"]
+                 "flops_after", "flops_ratio", "groups", "skipped", "verify", "notes", "seconds"]
         return {k: d[k] for k in order}
 
     def to_json(self) -> str:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .methods import importance
+from .methods.random_global import random_scores, top_k
 from .xp import to_numpy
 
-METHODS = ("greedy", "weight-norm", "random")
+METHODS = ("greedy", "weight-norm", "random", "random-global", "sampling", "coreset")
 
 # A block whose residual variance is below this fraction of its raw energy carries no new
 # information (zero, constant, or a copy of kept channels).
@@ -29,12 +31,15 @@ class Selection:
     kept: np.ndarray                 # sorted channel indices
     order: tuple | None = None       # greedy pick order (nested for every budget)
     errors: tuple | None = None      # greedy: reconstruction error after 0, 1, ..., k picks
+    scales: np.ndarray | None = None  # importance weights of the kept channels (sampling, coreset)
 
 
 def select(method: str, k: int, channels: int, *, problems=None, weights=None, xp=np,
-           rng: np.random.Generator | None = None, on_step=None) -> Selection:
+           rng: np.random.Generator | None = None, on_step=None, sensitivity=None, draw="systematic") -> Selection:
     """Keep k of `channels`. greedy needs `problems` (and reports each pick to `on_step`);
-    weight-norm each consumer's weight rows of the group's channels (`weights`); random an `rng`."""
+    weight-norm each consumer's weight rows of the group's channels (`weights`); random and
+    random-global an `rng`; sampling and coreset their channel `sensitivity` and an `rng` (see
+    methods/)."""
     if k >= channels:
         return Selection(np.arange(channels))
     if method == "greedy":
@@ -45,6 +50,11 @@ def select(method: str, k: int, channels: int, *, problems=None, weights=None, x
         return Selection(np.sort(np.argsort(-scores, kind="stable")[:k]))
     if method == "random":
         return Selection(np.sort(rng.choice(channels, size=k, replace=False)))
+    if method == "random-global":
+        return Selection(np.sort(top_k(random_scores(channels, rng), k)))
+    if method in ("sampling", "coreset"):
+        kept, scales = importance.draw(sensitivity, k, rng, draw)
+        return Selection(kept, scales=scales)
     raise ValueError(f"unknown method {method}")
 
 

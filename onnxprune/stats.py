@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import canonical_order, design_rows, sample_major
+from .features import canonical_order, design_rows, sample_major, token_rows
 from .groups import Consumer
 
 # Rows are turned into features in chunks of at most this many float64 elements (64 MiB).
@@ -64,7 +64,8 @@ class GramAccumulator:
             self._start(b_batch, a_batch)
         per_sample = max(1, b_batch[:1].size * c.kernel_area)
         step = max(1, CHUNK_ELEMENTS // per_sample)
-        keep_rows = self._row_mask(b_batch, row_mask)
+        keep_rows = token_rows(c, b_batch, row_mask)
+        self.masked |= keep_rows is not None
         for start in range(0, b_batch.shape[0], step):
             b = design_rows(xp.asarray(b_batch[start:start + step]), c, xp, xp.float64)
             rows = None
@@ -79,17 +80,6 @@ class GramAccumulator:
                 y = xp.dot(a, self._weight_native)
                 self.target += float(xp.sum(y * y))
             self.rows += b.shape[0]
-
-    def _row_mask(self, batch, row_mask):
-        """Boolean [samples, rows per sample] when the mask lines up with this consumer's rows."""
-        if row_mask is None or self.consumer.op == "Conv":
-            return None
-        per_sample = batch[:1].size // max(1, batch.shape[-1])
-        mask = np.asarray(row_mask).reshape(row_mask.shape[0], -1)
-        if mask.shape[0] != batch.shape[0] or mask.shape[1] != per_sample:
-            return None
-        self.masked = True
-        return mask != 0
 
     def _width(self, batch) -> int:
         c = self.consumer

@@ -5,7 +5,7 @@ scores top-1 on the whole test set with onnxruntime. Protocol: DESIGN.md section
 512 images of *_calib.npz for calibration, all of *_test.npz for test).
 
     python tools/bench_accuracy.py --model resnet56_cifar10 --compression 2 \\
-        --method greedy --method weight-norm --mode asym
+        --method greedy --method weight-norm --mode asym --allocation uniform --allocation error
 
 prints one markdown table row per run (and appends JSON lines to --log if given).
 """
@@ -64,9 +64,10 @@ def measured(cmd: list, stdout, stderr) -> tuple:
     return code, int(last.split()[1]) / 1024
 
 
-def run_prune(model: Path, calib: Path, out: Path, args: list) -> tuple:
-    """(report, wall seconds, peak RSS in MB of the pruning process)."""
-    cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(model), "--calib", str(calib), "-o", str(out),
+def run_prune(model: Path, calib: Path | None, out: Path, args: list) -> tuple:
+    """(report, wall seconds, peak RSS in MB of the pruning process); calib None: data-free."""
+    data = ["--calib", str(calib)] if calib is not None else []
+    cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(model), *data, "-o", str(out),
            "--force", "--json", "--quiet", *args]
     with tempfile.TemporaryFile("w+") as out_fh, tempfile.TemporaryFile("w+") as err_fh:
         start = time.perf_counter()
@@ -85,9 +86,14 @@ def main() -> None:
     p.add_argument("--compression", type=float, action="append", default=[])
     p.add_argument("--method", action="append", default=[])
     p.add_argument("--mode", action="append", default=[])
-    p.add_argument("--no-reweight", action="store_true", help="also run every configuration without reweighting")
+    p.add_argument("--allocation", action="append", default=[], help="uniform (default) and/or error")
+    p.add_argument("--reweight", choices=("yes", "no", "both"), default="yes",
+                   help="refit the consumers (yes), not (no), or run every configuration both ways")
+    p.add_argument("--no-reweight", action="store_true", help="same as --reweight both")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--offset", type=int, default=0, help="first calibration image (seeds pick other windows)")
+    p.add_argument("--data-free", action="store_true",
+                   help="no --calib (data-free selections without refit: same models, no statistics to capture)")
     p.add_argument("--extra", default="", help="extra arguments for onnxprune prune, e.g. '--ridge 1e-3'")
     p.add_argument("--log", type=Path, help="append one JSON line per run")
     a = p.parse_args()
@@ -96,30 +102,30 @@ def main() -> None:
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     calib = calibration_file(dataset, a.samples, a.offset, work)
-    print(f"| model | method | mode | reweight | target | ratio | FLOPs ratio | top-1 | prune s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.model} | original | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
-    reweights = [True, False] if a.no_reweight else [True]
-    for ratio in a.compression or [2.0]:
-        for method in a.method or ["greedy"]:
-            for mode in a.mode or ["asym"]:
-                for rw in reweights:
-                    with tempfile.TemporaryDirectory(dir=work) as tmp:
-                        out = Path(tmp) / "pruned.onnx"
-                        extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
-                                 "--reweight" if rw else "--no-reweight", "--samples", str(a.samples), *a.extra.split()]
-                        report, wall, rss = run_prune(model, calib, out, extra)
-                        acc = top1(out, dataset)
-                    flops = report["flops_ratio"] or float("nan")
-                    print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {ratio:g} | "
-                          f"{report['compression']:.2f} | {flops:.2f} | {acc:.4f} | {wall:.1f} | {rss:.0f} |", flush=True)
-                    if a.log:
-                        with a.log.open("a") as fh:
-                            fh.write(json.dumps({"model": a.model, "method": method, "mode": mode, "reweight": rw,
-                                                 "target": ratio, "ratio": report["compression"],
-                                                 "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
-                                                 "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
-                                                 "samples": a.samples}) + "\n")
+    print("| model | method | mode | reweight | allocation | target | ratio | FLOPs ratio | top-1 | prune s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {a.model} | original | | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
+    reweights = {"yes": [True], "no": [False], "both": [True, False]}["both" if a.no_reweight else a.reweight]
+    configs = [(ratio, method, mode, rw, alloc) for ratio in a.compression or [2.0] for method in a.method or ["greedy"]
+               for mode in a.mode or ["asym"] for rw in reweights for alloc in a.allocation or ["uniform"]]
+    for ratio, method, mode, rw, alloc in configs:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            out = Path(tmp) / "pruned.onnx"
+            extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
+                     "--reweight" if rw else "--no-reweight", "--allocation", alloc,
+                     *([] if a.data_free else ["--samples", str(a.samples)]), *a.extra.split()]
+            report, wall, rss = run_prune(model, None if a.data_free else calib, out, extra)
+            acc = top1(out, dataset)
+        flops = report["flops_ratio"] or float("nan")
+        print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {alloc} | {ratio:g} | "
+              f"{report['compression']:.2f} | {flops:.2f} | {acc:.4f} | {wall:.1f} | {rss:.0f} |", flush=True)
+        if a.log:
+            with a.log.open("a") as fh:
+                fh.write(json.dumps({"model": a.model, "method": method, "mode": mode, "reweight": rw,
+                                     "allocation": alloc, "target": ratio, "ratio": report["compression"],
+                                     "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
+                                     "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
+                                     "samples": None if a.data_free else a.samples}) + "\n")
 
 
 if __name__ == "__main__":

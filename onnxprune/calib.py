@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from .errors import OnnxPruneError, first_line
+from .npyfile import StoredArray, chunks, open_arrays
 
 DEFAULT_SAMPLES = 512
 NPY_MAGIC = b"\x93NUMPY"
@@ -68,7 +69,8 @@ def load_calibration(path: str | os.PathLike, specs: list, samples: int | None) 
 
 
 def read_arrays(path: str | os.PathLike, what: str = "calibration") -> dict:
-    """The arrays of a .npz file (by name) or of a .npy file (as '<array>')."""
+    """The arrays of a .npz file (by name) or of a .npy file (as '<array>'); uncompressed ones
+    as StoredArray (rows read from disk when used)."""
     path = Path(path)
     if not path.exists():
         raise OnnxPruneError(f"{what} file not found: {path}")
@@ -76,12 +78,14 @@ def read_arrays(path: str | os.PathLike, what: str = "calibration") -> dict:
         raise OnnxPruneError(f"{what} path {path} is a directory; give a .npz or .npy file")
     _check_format(path, what)
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            arrays = {"<array>": loaded}
-        else:
-            with loaded:
-                arrays = {k: loaded[k] for k in loaded.files}
+        arrays = open_arrays(path)          # read batch by batch later, never held whole
+        if arrays is None:
+            loaded = np.load(path, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                arrays = {"<array>": loaded}
+            else:
+                with loaded:
+                    arrays = {k: loaded[k] for k in loaded.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise OnnxPruneError(f"{path} holds Python objects (pickled arrays), which are never loaded; "
@@ -123,7 +127,8 @@ def from_arrays(arrays, specs: list, samples: int | None, source: str = "arrays"
         )
     out = {}
     for spec in specs:
-        out[spec.name] = _check_array(np.asarray(arrays[spec.name]), spec, source)
+        a = arrays[spec.name]
+        out[spec.name] = _check_array(a if isinstance(a, StoredArray) else np.asarray(a), spec, source)
     counts = {a.shape[0] for a in out.values()}
     if len(counts) != 1:
         raise OnnxPruneError(f"{source}: inputs have different sample counts {sorted(counts)}")
@@ -166,13 +171,17 @@ def _check_array(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):  # axis 0 is the sample axis
         if axis > 0 and want is not None and have != want:
             raise OnnxPruneError(f"{where} has shape {a.shape}; the model expects {_fmt(spec.dims)}")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not _all_finite(a):
         raise OnnxPruneError(f"{where} contains NaN or Inf values; clean the data first")
     converted = _convert(a, spec, where)
-    if converted.dtype.kind == "f" and not np.isfinite(converted).all():
+    if converted.dtype.kind == "f" and not _all_finite(converted):
         raise OnnxPruneError(f"{where} has values outside the range of {converted.dtype}, the model input type; "
                              "rescale the data")
     return converted
+
+
+def _all_finite(a) -> bool:
+    return all(np.isfinite(c).all() for c in chunks(a))
 
 
 def _convert(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
@@ -183,7 +192,7 @@ def _convert(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     if a.dtype.kind == want.kind or (a.dtype.kind in "ui" and want.kind in "ui"):
         with np.errstate(over="ignore"):          # overflow is reported below as a range error
             converted = a.astype(want)
-        if want.kind in "ui" and not np.array_equal(converted, a):
+        if want.kind in "ui" and not all(np.array_equal(c.astype(want), c) for c in chunks(a)):
             raise OnnxPruneError(f"{where} has values that do not fit {want}")
         return converted
     if a.dtype.kind in "ui" and want.kind == "f":

@@ -42,7 +42,7 @@ def load_eval_data(path: str | os.PathLike, model: onnx.ModelProto, labels: str 
     y = arrays.pop(key) if key is not None else None
     if not arrays:
         raise OnnxPruneError(f"{path} holds only labels; it needs one array per model input")
-    first = np.asarray(next(iter(arrays.values())))
+    first = next(iter(arrays.values()))
     available = first.shape[0] if first.ndim else 0
     n = available if samples is None else samples
     inputs = from_arrays(arrays, specs, n, str(path))

@@ -147,8 +147,8 @@ def _strip_location(message: str) -> str:
 
 
 def run(sess, feeds: dict, outputs: list) -> list:
-    """One run; float inputs are passed as-is (already validated and converted)."""
-    return sess.run(outputs, feeds)
+    """One run; inputs are already validated and converted (a StoredArray slice is read here)."""
+    return sess.run(outputs, {k: np.asarray(v) for k, v in feeds.items()})
 
 
 def batches(arrays: dict, batch_size: int):

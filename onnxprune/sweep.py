@@ -106,7 +106,7 @@ def _split(model: onnx.ModelProto, calib_path, holdout: int, samples: int | None
     if holdout < 1:
         raise OnnxPruneError(f"--holdout must be at least 1, got {holdout}")
     arrays = read_arrays(calib_path)
-    first = np.asarray(next(iter(arrays.values()))) if arrays else np.zeros(())
+    first = next(iter(arrays.values())) if arrays else np.zeros(())
     total = first.shape[0] if first.ndim else 0
     if total <= holdout:
         raise OnnxPruneError(f"{calib_path} has {total} samples; the sweep keeps the last --holdout {holdout} for "

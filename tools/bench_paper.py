@@ -170,13 +170,15 @@ def load(log: Path) -> list:
 def report(args) -> None:
     rows = load(args.log)
     for extra in args.include:
-        rows += [{**r, "label": r.get("label", r["method"])} for r in load(extra)]
+        rows += [{**r, "label": r.get("label", r["method"]), "peer": True} for r in load(extra)]
     by_model = defaultdict(list)
     for r in rows:
         by_model[r["model"]].append(r)
     for model, rs in by_model.items():
-        main = [r for r in rs if r["samples"] == 512 and r.get("allocation", "uniform") == "uniform"]
+        main = [r for r in rs if (r["samples"] == 512 or r.get("peer")) and r.get("allocation") in ("uniform", None)]
         print(f"\n### {model}\n")
+        pivot(main)
+        print("\n<details><summary>every run: realised ratios, FLOPs, seconds</summary>\n")
         print("| method | reweight | target | ratio | FLOPs ratio | top-1 (mean ± std) | seeds | prune s |")
         print("|---|---|---|---|---|---|---|---|")
         groups = defaultdict(list)
@@ -191,6 +193,7 @@ def report(args) -> None:
             print(f"| {label} | {'yes' if reweight else 'no'} | {target:g} | {statistics.mean(r['ratio'] for r in ok):.2f} "
                   f"| {_fmt(statistics.mean(r['flops_ratio'] for r in ok if r['flops_ratio']) if any(r['flops_ratio'] for r in ok) else None)} "
                   f"| {_mean_std([r['top1'] for r in ok])} | {len(ok)} | {statistics.mean(r['seconds'] for r in ok):.1f} |")
+        print("\n</details>")
         sizes = sorted((r for r in rs if r["label"] == "greedy-asym" and r["reweight"] and r["seed"] == 0
                         and r["target"] == 4 and r.get("allocation", "uniform") == "uniform" and "top1" in r),
                        key=lambda r: r["samples"])
@@ -209,6 +212,21 @@ def report(args) -> None:
                       f"{_fmt(r['flops_ratio'])} | {r['top1']:.4f} | {r['seed']} | {r['seconds']:.1f} |")
         if args.plot:
             plot(model, main, args.plot_dir / f"paper_{model}.png")
+
+
+def pivot(rows: list) -> None:
+    """top-1 (mean ± std over seeds) with one column per target ratio."""
+    targets = sorted({r["target"] for r in rows})
+    cells = defaultdict(list)
+    for r in rows:
+        if "top1" in r:
+            cells[(r["label"], r["reweight"], r["target"])].append(r["top1"])
+    keys = sorted({(r["label"], r["reweight"]) for r in rows}, key=lambda k: (not k[1], _order(k[0]), k[0]))
+    print("| method | reweight | " + " | ".join(f"{t:g}x" for t in targets) + " |")
+    print("|---|---|" + "---|" * len(targets))
+    for label, reweight in keys:
+        vals = [_mean_std(cells[(label, reweight, t)]) if cells[(label, reweight, t)] else "–" for t in targets]
+        print(f"| {label} | {'yes' if reweight else 'no'} | " + " | ".join(vals) + " |")
 
 
 def _same_run(a: dict, b: dict) -> bool:
@@ -248,7 +266,8 @@ def plot(model: str, rows: list, path: Path) -> None:
         ax.set_title(f"{model}: {'with' if reweight else 'without'} reweighting")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("top-1 (no fine-tuning)")
-    axes[1].legend(fontsize=8, loc="lower left")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path, dpi=110)

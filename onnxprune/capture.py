@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
-from onnx import helper
 
 from . import runtime
 from .calib import Calibration

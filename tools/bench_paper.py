@@ -204,13 +204,15 @@ def report(args) -> None:
                         and r["target"] == 4 and r.get("allocation", "uniform") == "uniform" and "top1" in r),
                        key=lambda r: r["samples"])
         if len({r["samples"] for r in sizes}) > 1:
-            print("\n| calibration images | method | target | ratio | top-1 | prune s |\n|---|---|---|---|---|---|")
+            print(f"\n#### calibration size: {model}\n")
+            print("| calibration images | method | target | ratio | top-1 | prune s |\n|---|---|---|---|---|---|")
             for r in sizes:
                 print(f"| {r['samples']} | {r['label']} | {r['target']:g} | {r['ratio']:.2f} | {r['top1']:.4f} | "
                       f"{r['seconds']:.1f} |")
         error = [r for r in rs if r.get("allocation") == "error" and "top1" in r]
         if error:
-            print("\n| method | target | allocation | ratio | FLOPs ratio | top-1 | seed | prune s |")
+            print(f"\n#### allocation: {model}\n")
+            print("| method | target | allocation | ratio | FLOPs ratio | top-1 | seed | prune s |")
             print("|---|---|---|---|---|---|---|---|")
             pairs = [u for u in main if "top1" in u and any(_same_run(u, e) for e in error)] + error
             for r in sorted(pairs, key=lambda r: (r["target"], r["label"], r["seed"], r["allocation"] != "uniform")):

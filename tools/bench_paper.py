@@ -275,7 +275,7 @@ def plot(model: str, rows: list, path: Path) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("top-1 (no fine-tuning)")
     for ax in axes:
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -39,7 +39,6 @@ class GroupPruner:
         self.clock = clock
         self.progress = progress or (lambda stage, done, total: None)
         self.original = workspace.model
-        self.original_index = GraphIndex.build(workspace.model, infer=False)
         self.alive = Alive()
         self.layer = opts.mode == "layer"
         self.capturer = None
@@ -149,7 +148,7 @@ class GroupPruner:
 
     def _target_weight(self, c):
         """asym target: the original consumer matrix, limited to the outputs still present."""
-        matrix = consumer_matrix(self.original_index, c)
+        matrix = consumer_matrix(self.ws.index, c)
         cols = self.alive.kept.get(c.node)
         return matrix if cols is None else matrix[:, cols]
 

@@ -240,23 +240,22 @@ class Transition(nn.Module):
         return self.pool(self.conv(F.relu(self.norm(x))))
 
 
+def dense_block(channels: int, layers: int, growth: int) -> tuple:
+    """`layers` DenseLayers in sequence, and the channel count they end with."""
+    block = []
+    for _ in range(layers):
+        block.append(DenseLayer(channels, growth))
+        channels += growth
+    return nn.Sequential(*block), channels
+
+
 class DenseNet(nn.Module):
     def __init__(self, growth: int = 8, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        c = 16
-        block1 = []
-        for _ in range(3):
-            block1.append(DenseLayer(c, growth))
-            c += growth
-        self.block1 = nn.Sequential(*block1)
+        self.block1, c = dense_block(16, 3, growth)
         self.trans = Transition(c, 20)
-        c = 20
-        block2 = []
-        for _ in range(2):
-            block2.append(DenseLayer(c, growth))
-            c += growth
-        self.block2 = nn.Sequential(*block2)
+        self.block2, c = dense_block(20, 2, growth)
         self.norm = nn.BatchNorm2d(c)
         self.fc = nn.Linear(c, num_classes)
 

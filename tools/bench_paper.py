@@ -31,10 +31,10 @@ import onnxruntime as ort
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import PruneOptions, Workspace
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_accuracy import DATASET, ROOT, SHARED, model_input  # noqa: E402
+
 LOG = ROOT / ".bench" / "paper.jsonl"
-DATASET = {"lenet_mnist": "mnist", "resnet56_cifar10": "cifar10", "vgg11_bn_cifar10": "cifar10"}
 CONFIGS = {  # label -> (method, mode)
     "greedy-layer": ("greedy", "layer"), "greedy-seq": ("greedy", "seq"), "greedy-asym": ("greedy", "asym"),
     "weight-norm": ("weight-norm", "asym"), "random": ("random", "asym"), "random-global": ("random-global", "asym"),
@@ -44,12 +44,6 @@ CONFIGS = {  # label -> (method, mode)
 # every mode (the statistics only feed the report's rel_error), so they run in layer mode.
 DATA_FREE = ("weight-norm", "random", "random-global", "coreset")
 __doc__ += "".join(f"\n    {k:<14} --method {m} --mode {d}" for k, (m, d) in CONFIGS.items())
-
-
-def model_input(x: np.ndarray) -> np.ndarray:
-    """uint8 images -> float32 NCHW in [0, 1] (the models normalise internally)."""
-    x = x.astype(np.float32) / 255
-    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
 
 
 def calibration(dataset: str, start: int, samples: int) -> np.ndarray:

@@ -19,26 +19,29 @@ from ..features import canonical_order, design_rows, sample_major, token_rows
 from ..groups import Consumer
 from ..xp import to_numpy
 
-# Contributions are formed in chunks of at most this many float64 elements (32 MiB).
+# Contributions are formed in chunks of at most this many elements (16 MiB of float32).
 CHUNK_ELEMENTS = 4 * 1024 * 1024
 
 
 class SensitivityAccumulator:
     """Streams batches of one consumer's input into the running max of s(p); keeps nothing
-    but the (channels,) maximum between batches."""
+    but the (channels,) maximum between batches.
+
+    Float32 is safe here: every sum is of non-negative terms, so it carries no cancellation
+    and its relative error stays below features x 2^-24. The rows stay in design_rows' column
+    order (the weights are permuted to it instead), and a batch with no negative input (the
+    usual post-ReLU case) skips the matmuls of the negative parts.
+    """
 
     def __init__(self, consumer: Consumer, matrix: np.ndarray, candidates: np.ndarray, xp):
         """`matrix`: the consumer's (features + 1, outputs) weights in weight-row order;
         `candidates`: (channels, block) rows of the group's channels (ChannelView.candidates)."""
         self.consumer = consumer
         self.xp = xp
-        w = xp.asarray(matrix[:-1], dtype=xp.float64)
-        self.w_pos, self.w_neg = xp.maximum(w, 0), xp.maximum(-w, 0)
-        self.candidates = xp.asarray(candidates)
-        cw = w[self.candidates]                                  # (channels, block, outputs)
-        self.cw_pos, self.cw_neg = xp.maximum(cw, 0), xp.maximum(-cw, 0)
-        self.value = xp.zeros(candidates.shape[0], dtype=xp.float64)
-        self._order = None
+        self.matrix = matrix
+        self.candidates = candidates
+        self.value = xp.zeros(candidates.shape[0], dtype=xp.float32)
+        self._weights = None
         self._step = 1
         self.rows = 0
 
@@ -48,30 +51,47 @@ class SensitivityAccumulator:
         c, xp = self.consumer, self.xp
         batch = sample_major(batch, c)
         keep_rows = token_rows(c, batch, row_mask)
-        if self._order is None:
-            first = design_rows(xp.asarray(batch[:1]), c, xp, xp.float64)
-            order = canonical_order(c, first.shape[1])
-            self._order = xp.asarray(order) if order is not None else xp.arange(first.shape[1])
-            per_row = self.candidates.shape[0] * self.w_pos.shape[1] + first.shape[1]
-            self._step = max(1, CHUNK_ELEMENTS // (per_row * first.shape[0]))
+        if self._weights is None:
+            self._prepare(design_rows(xp.asarray(batch[:1]), c, xp, xp.float32).shape)
         for start in range(0, batch.shape[0], self._step):
-            x = design_rows(xp.asarray(batch[start:start + self._step]), c, xp, xp.float64)
+            x = design_rows(xp.asarray(batch[start:start + self._step]), c, xp, xp.float32)
             if keep_rows is not None:
                 x = x[xp.asarray(keep_rows[start:start + self._step].reshape(-1))]
-            self._update(x[:, self._order][:, :-1])             # weight-row order, no intercept
+            self._update(x[:, :-1])                             # no intercept
             self.rows += x.shape[0]
 
-    def _update(self, x) -> None:
+    def _prepare(self, first_shape: tuple) -> None:
+        """Weights and candidate columns in design_rows' column order, and the chunk size."""
         xp = self.xp
-        x_pos, x_neg = xp.maximum(x, 0), xp.maximum(-x, 0)
-        totals = (x_pos @ self.w_pos + x_neg @ self.w_neg, x_pos @ self.w_neg + x_neg @ self.w_pos)
-        xc = xp.moveaxis(x[:, self.candidates], 1, 0)            # (channels, rows, block)
-        xc_pos, xc_neg = xp.maximum(xc, 0), xp.maximum(-xc, 0)
-        parts = (xc_pos @ self.cw_pos + xc_neg @ self.cw_neg, xc_pos @ self.cw_neg + xc_neg @ self.cw_pos)
-        for part, total in zip(parts, totals):                  # (channels, rows, outputs), (rows, outputs)
-            ok = total > 0
-            ratio = xp.where(ok[None], part / xp.where(ok, total, 1.0)[None], 0.0)
-            self.value = xp.maximum(self.value, ratio.reshape(ratio.shape[0], -1).max(axis=1))
+        rows_per_sample, features = first_shape
+        order = canonical_order(self.consumer, features)
+        order = np.arange(features) if order is None else order
+        w = np.empty((features - 1, self.matrix.shape[1]), dtype=np.float32)
+        w[order[:-1]] = self.matrix[:-1]                         # design column order[i] = weight row i
+        w_pos, w_neg = np.maximum(w, 0), np.maximum(-w, 0)
+        cols = order[self.candidates]                           # (channels, block) design columns
+        self._cols = xp.asarray(cols)
+        self._weights = tuple(xp.asarray(a) for a in (w_pos, w_neg, w_pos[cols], w_neg[cols]))
+        per_row = self.candidates.shape[0] * w.shape[1] * 2 + features * 3
+        self._step = max(1, CHUNK_ELEMENTS // (per_row * rows_per_sample))
+
+    def _update(self, x) -> None:
+        """s(p) = max(s(p), max over rows, outputs, sign of part(p) / total)."""
+        xp = self.xp
+        w_pos, w_neg, cw_pos, cw_neg = self._weights
+        xc = xp.moveaxis(x[:, self._cols], 1, 0)                # (channels, rows, block)
+        if bool(x.min() >= 0):                                  # no negative parts of x
+            signs = (((x, xc, w_pos, cw_pos),), ((x, xc, w_neg, cw_neg),))
+        else:                                                   # (x w)+ = x+ w+ + x- w-, likewise (x w)-
+            x_pos, xc_pos = xp.maximum(x, 0), xp.maximum(xc, 0)
+            x_neg, xc_neg = x_pos - x, xc_pos - xc
+            signs = (((x_pos, xc_pos, w_pos, cw_pos), (x_neg, xc_neg, w_neg, cw_neg)),
+                     ((x_pos, xc_pos, w_neg, cw_neg), (x_neg, xc_neg, w_pos, cw_pos)))
+        for terms in signs:
+            total = sum(a @ w for a, _, w, _ in terms)          # (rows, outputs)
+            part = sum(xp.matmul(b, cw) for _, b, _, cw in terms)  # (channels, rows, outputs)
+            part *= xp.where(total > 0, 1 / xp.where(total > 0, total, 1), 0)[None]
+            self.value = xp.maximum(self.value, part.reshape(part.shape[0], -1).max(axis=1))
 
     def result(self) -> np.ndarray:
-        return to_numpy(self.value)
+        return to_numpy(self.value).astype(np.float64)

@@ -207,6 +207,25 @@ def test_sampling_sensitivity_matches_brute_force_and_ignores_batching(name, sha
     assert np.all((expected > 0) & (expected <= 1 + 1e-12))
 
 
+def test_sampling_sensitivity_ignores_subnormal_totals():
+    """A pre-activation whose positive part underflows to a subnormal float32 must not turn
+    the other channels' zero shares into 0 * inf = NaN."""
+    model = B.cnn()
+    _, g, matrices, views, _ = group_inputs(model, "fc1")
+    c, v = g.consumers[0], views[0]
+    m = np.zeros_like(matrices[0])
+    first, second = v.candidates[0, 0], v.candidates[1, 0]
+    m[first, 0], m[second, 0] = 1e-25, 1.0
+    x = np.zeros((2, m.shape[0] - 1), dtype=np.float32)
+    x[0, first] = 1e-20                         # total 1e-45: subnormal, its reciprocal overflows
+    x[1, first], x[1, second] = 1.0, 3.0        # shares of output 0: 3e-26 and 1
+    acc = SensitivityAccumulator(c, m, v.candidates, np)
+    acc.add(x)
+    got = acc.result()
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[[0, 1]], [0.0, 1.0], atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["layer", "asym"])
 def test_sampling_prunes_and_importance_weights_without_reweighting(mode):
     model = B.cnn()

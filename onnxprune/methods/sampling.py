@@ -21,6 +21,9 @@ from ..xp import to_numpy
 
 # Contributions are formed in chunks of at most this many elements (16 MiB of float32).
 CHUNK_ELEMENTS = 4 * 1024 * 1024
+# Totals at or below the smallest normal float32 (subnormal sums of subnormal products) count as
+# zero: their reciprocal would overflow.
+TINY = float(np.finfo(np.float32).tiny)
 
 
 class SensitivityAccumulator:
@@ -90,7 +93,8 @@ class SensitivityAccumulator:
         for terms in signs:
             total = sum(a @ w for a, _, w, _ in terms)          # (rows, outputs)
             part = sum(xp.matmul(b, cw) for _, b, _, cw in terms)  # (channels, rows, outputs)
-            part *= xp.where(total > 0, 1 / xp.where(total > 0, total, 1), 0)[None]
+            ok = total > TINY                                   # 1/total stays finite (0 * inf is NaN)
+            part *= xp.where(ok, 1 / xp.where(ok, total, 1), 0)[None]
             self.value = xp.maximum(self.value, part.reshape(part.shape[0], -1).max(axis=1))
 
     def result(self) -> np.ndarray:

@@ -226,6 +226,20 @@ def test_sampling_sensitivity_ignores_subnormal_totals():
     np.testing.assert_allclose(got[[0, 1]], [0.0, 1.0], atol=1e-6)
 
 
+def test_sampling_sensitivity_skips_fully_masked_batches():
+    model = B.cnn()
+    _, g, matrices, views, _ = group_inputs(model, "fc1")
+    c, m, v = g.consumers[0], matrices[0], views[0]
+    x = np.random.default_rng(0).standard_normal((4, m.shape[0] - 1)).astype(np.float32)
+    acc = SensitivityAccumulator(c, m, v.candidates, np)
+    acc.add(x[:2], None, np.zeros((2, 1)))          # every row is padding: nothing to count
+    assert acc.rows == 0 and not acc.result().any()
+    acc.add(x[2:], None, np.ones((2, 1)))
+    fresh = SensitivityAccumulator(c, m, v.candidates, np)
+    fresh.add(x[2:])
+    np.testing.assert_array_equal(acc.result(), fresh.result())
+
+
 @pytest.mark.parametrize("mode", ["layer", "asym"])
 def test_sampling_prunes_and_importance_weights_without_reweighting(mode):
     model = B.cnn()

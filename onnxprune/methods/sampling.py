@@ -81,6 +81,8 @@ class SensitivityAccumulator:
     def _update(self, x) -> None:
         """s(p) = max(s(p), max over rows, outputs, sign of part(p) / total)."""
         xp = self.xp
+        if x.shape[0] == 0:                                     # every row masked out
+            return
         w_pos, w_neg, cw_pos, cw_neg = self._weights
         xc = xp.moveaxis(x[:, self._cols], 1, 0)                # (channels, rows, block)
         if bool(x.min() >= 0):                                  # no negative parts of x

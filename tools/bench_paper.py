@@ -4,6 +4,7 @@ without reweighting, on the ../shared benchmark models (protocol: DESIGN.md sect
     python tools/bench_paper.py run --model lenet_mnist --model resnet56_cifar10 --seeds 0,1,2
     python tools/bench_paper.py calib-size --model resnet56_cifar10 --sizes 128,512,2048,5000
     python tools/bench_paper.py report            # markdown tables + docs/paper_<model>.png
+    python tools/bench_paper.py peers --include .bench/onnxsim.jsonl   # peer rows beside ours
 
 `run` prunes in-process through the Python API, one `Workspace` per (model, seed) so that
 layer-mode runs share their capture and greedy orders as `onnxprune sweep` does; the seconds
@@ -216,6 +217,24 @@ def report(args) -> None:
             plot(model, main, args.plot_dir / f"paper_{model}.png")
 
 
+def peers(args) -> None:
+    """Each peer run (e.g. onnxsim's log) beside our greedy asym with reweighting at the same
+    target, seed 0, with our realised ratio."""
+    ours = {(r["model"], r["target"]): r for r in load(args.log)
+            if r["label"] == "greedy-asym" and r["reweight"] and r["seed"] == 0 and r["samples"] == 512
+            and r.get("allocation", "uniform") == "uniform" and "top1" in r}
+    models = list(DATASET)
+    rows = [{**r, "label": r.get("label", r["method"])} for extra in args.include for r in load(extra)]
+    rows.sort(key=lambda r: (models.index(r["model"]), r["label"].split("+")[0], r["target"], "+" in r["label"]))
+    print("| model | method | target | ratio | FLOPs ratio | top-1 | ours at the same target: greedy asym + reweight |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        o = ours.get((r["model"], r["target"]))
+        mine = f"{o['top1']:.4f} ({o['ratio']:.2f}x)" if o else "not run"
+        print(f"| {r['model']} | {r['label']} | {r['target']:g} | {r['ratio']:.2f} | {_fmt(r['flops_ratio'])} | "
+              f"{r['top1']:.4f} | {mine} |")
+
+
 def pivot(rows: list) -> None:
     """top-1 (mean ± std over seeds) with one column per target ratio."""
     targets = sorted({r["target"] for r in rows})
@@ -295,10 +314,12 @@ def main() -> None:
     t.add_argument("--plot", action="store_true", help="also draw docs/paper_<model>.png")
     t.add_argument("--plot-dir", type=Path, default=ROOT / "docs")
     t.add_argument("--include", type=Path, action="append", default=[], help="more JSON-lines logs (e.g. onnxsim)")
-    for s in (r, c, t):
+    q = sub.add_parser("peers", help="peer runs beside our greedy asym at the same target (seed 0)")
+    q.add_argument("--include", type=Path, action="append", required=True, help="the peers' JSON-lines logs")
+    for s in (r, c, t, q):
         s.add_argument("--log", type=Path, default=LOG)
     a = p.parse_args()
-    {"run": run, "calib-size": calib_size, "report": report}[a.command](a)
+    {"run": run, "calib-size": calib_size, "report": report, "peers": peers}[a.command](a)
 
 
 if __name__ == "__main__":

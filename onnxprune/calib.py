@@ -171,10 +171,11 @@ def _check_array(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     for axis, (have, want) in enumerate(zip(a.shape, spec.dims)):  # axis 0 is the sample axis
         if axis > 0 and want is not None and have != want:
             raise OnnxPruneError(f"{where} has shape {a.shape}; the model expects {_fmt(spec.dims)}")
-    if a.dtype.kind == "f" and not _all_finite(a):
-        raise OnnxPruneError(f"{where} contains NaN or Inf values; clean the data first")
     converted = _convert(a, spec, where)
+    # One pass over the values: the source is scanned again only to name what went wrong.
     if converted.dtype.kind == "f" and not _all_finite(converted):
+        if converted is a or not _all_finite(a):
+            raise OnnxPruneError(f"{where} contains NaN or Inf values; clean the data first")
         raise OnnxPruneError(f"{where} has values outside the range of {converted.dtype}, the model input type; "
                              "rescale the data")
     return converted

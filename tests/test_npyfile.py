@@ -59,3 +59,38 @@ def test_calibration_stays_on_disk_and_prunes_identically(tmp_path):
     in_memory, r2 = prune(model, {k: v[:48] for k, v in data.items()}, keep=0.5, samples=48)
     assert from_file.SerializeToString() == in_memory.SerializeToString()
     assert [g["kept"] for g in r1.groups] == [g["kept"] for g in r2.groups]
+
+
+def _count_reads(monkeypatch) -> list:
+    reads = []
+    original = StoredArray.read
+
+    def counting(self):
+        reads.append((self.start, self.stop))
+        return original(self)
+    monkeypatch.setattr(StoredArray, "read", counting)
+    return reads
+
+
+def test_a_converted_calibration_file_is_scanned_once(tmp_path, monkeypatch):
+    model = B.cnn()
+    x = B.random_inputs(model, 30)
+    np.savez(tmp_path / "c.npz", **{k: v.astype(np.float64) for k, v in x.items()})
+    reads = _count_reads(monkeypatch)
+    load_calibration(tmp_path / "c.npz", input_specs(model), None)
+    assert len(reads) == len(x)          # one scan per input, on the converted values
+
+
+def test_nan_in_a_converted_calibration_file_is_named_as_nan(tmp_path):
+    from onnxprune.errors import OnnxPruneError
+
+    model = B.cnn()
+    x = {k: v.astype(np.float64) for k, v in B.random_inputs(model, 10).items()}
+    next(iter(x.values()))[4].flat[3] = np.nan
+    np.savez(tmp_path / "c.npz", **x)
+    with pytest.raises(OnnxPruneError, match="NaN or Inf"):
+        load_calibration(tmp_path / "c.npz", input_specs(model), None)
+    next(iter(x.values()))[4].flat[3] = 1e300            # finite in float64, not in float32
+    np.savez(tmp_path / "c.npz", **x)
+    with pytest.raises(OnnxPruneError, match="outside the range of float32"):
+        load_calibration(tmp_path / "c.npz", input_specs(model), None)

@@ -168,10 +168,19 @@ def load(log: Path) -> list:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def load_peers(logs: list) -> list:
+    """Peer runs (e.g. onnxsim's logs), labelled by method where they carry no label."""
+    return [{**r, "label": r.get("label", r["method"]), "peer": True} for log in logs for r in load(log)]
+
+
+def _greedy_asym_reference(r: dict) -> bool:
+    """Our reference configuration: greedy asym with reweighting, seed 0, uniform, completed."""
+    return (r["label"] == "greedy-asym" and r["reweight"] and r["seed"] == 0
+            and r.get("allocation", "uniform") == "uniform" and "top1" in r)
+
+
 def report(args) -> None:
-    rows = load(args.log)
-    for extra in args.include:
-        rows += [{**r, "label": r.get("label", r["method"]), "peer": True} for r in load(extra)]
+    rows = load(args.log) + load_peers(args.include)
     by_model = defaultdict(list)
     for r in rows:
         by_model[r["model"]].append(r)
@@ -195,9 +204,7 @@ def report(args) -> None:
                   f"| {_fmt(statistics.mean(r['flops_ratio'] for r in ok if r['flops_ratio']) if any(r['flops_ratio'] for r in ok) else None)} "
                   f"| {_mean_std([r['top1'] for r in ok])} | {len(ok)} | {statistics.mean(r['seconds'] for r in ok):.1f} |")
         print("\n</details>")
-        sizes = sorted((r for r in rs if r["label"] == "greedy-asym" and r["reweight"] and r["seed"] == 0
-                        and r["target"] == 4 and r.get("allocation", "uniform") == "uniform" and "top1" in r),
-                       key=lambda r: r["samples"])
+        sizes = sorted((r for r in rs if _greedy_asym_reference(r) and r["target"] == 4), key=lambda r: r["samples"])
         if len({r["samples"] for r in sizes}) > 1:
             print(f"\n#### calibration size: {model}\n")
             print("| calibration images | method | target | ratio | top-1 | prune s |\n|---|---|---|---|---|---|")
@@ -220,11 +227,9 @@ def report(args) -> None:
 def peers(args) -> None:
     """Each peer run (e.g. onnxsim's log) beside our greedy asym with reweighting at the same
     target, seed 0, with our realised ratio."""
-    ours = {(r["model"], r["target"]): r for r in load(args.log)
-            if r["label"] == "greedy-asym" and r["reweight"] and r["seed"] == 0 and r["samples"] == 512
-            and r.get("allocation", "uniform") == "uniform" and "top1" in r}
+    ours = {(r["model"], r["target"]): r for r in load(args.log) if _greedy_asym_reference(r) and r["samples"] == 512}
     models = list(DATASET)
-    rows = [{**r, "label": r.get("label", r["method"])} for extra in args.include for r in load(extra)]
+    rows = load_peers(args.include)
     rows.sort(key=lambda r: (models.index(r["model"]), r["label"].split("+")[0], r["target"], "+" in r["label"]))
     print("| model | method | target | ratio | FLOPs ratio | top-1 | ours at the same target: greedy asym + reweight |")
     print("|---|---|---|---|---|---|---|")

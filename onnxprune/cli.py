@@ -11,20 +11,20 @@ import sys
 import click
 
 from . import __version__
-from .analyze import analyze as analyze_model
-from .allocation import ALLOCATIONS, TARGETS
-from .atomic import Staged
+from .graph.analyze import analyze as analyze_model
+from .budget.allocation import ALLOCATIONS, TARGETS
+from .io.atomic import Staged
 from .errors import NothingToPrune, OnnxPruneError
-from .evaluate import evaluate, load_eval_data
-from .graph import GraphIndex
+from .run.evaluate import evaluate, load_eval_data
+from .graph.index import GraphIndex
 from .methods.importance import DRAWS
-from .modelio import load_model, validate_output_path
-from .pipeline import MODES, prune as prune_model
+from .io.modelio import load_model, validate_output_path
+from .run.pipeline import MODES, prune as prune_model
 from .progress import StderrProgress
-from .reweight import DEFAULT_RIDGE
-from .runtime import resolve_device
-from .select import METHODS
-from .sweep import plot_available, sweep as run_sweep
+from .solve.reweight import DEFAULT_RIDGE
+from .capture.runtime import resolve_device
+from .solve.greedy import METHODS
+from .run.sweep import plot_available, sweep as run_sweep
 
 EXIT_NOTHING_TO_PRUNE = 3
 

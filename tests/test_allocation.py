@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 import builders as B
-from onnxprune import OnnxPruneError, analyze, prune
-from onnxprune.allocation import Rules, Target, error_counts, keep_counts, ranking_counts, uniform_counts
-from onnxprune.budget import flops_after, params_after
-from onnxprune.curves import local_curves, output_curves
-from onnxprune.graph import GraphIndex
-from onnxprune.pipeline import PruneOptions, Workspace, _Clock
+from onnxprune import OnnxPruneError, prune
+from onnxprune import analyze
+from onnxprune.budget.allocation import Rules, Target, error_counts, keep_counts, ranking_counts, uniform_counts
+from onnxprune.budget.cost import flops_after, params_after
+from onnxprune.budget.curves import local_curves, output_curves
+from onnxprune.graph.index import GraphIndex
+from onnxprune.run.pipeline import PruneOptions, Workspace, _Clock
 
 
 def wide_cnn(seed=0):
@@ -224,7 +225,7 @@ def test_output_curves_scale_the_local_curve_by_the_groups_share_of_the_output()
     ws = Workspace(model, data, opts)
     local = local_curves(ws, Rules(), _Clock())["fc1"]
     predicted = output_curves(ws, opts, _Clock())["fc1"]
-    from onnxprune.capture import submodel
+    from onnxprune.capture.stream import submodel
 
     y, branch_out = B.run(submodel(model, ["y", branch]), data)
     share = np.sum(branch_out.astype(np.float64) ** 2) / np.sum(y.astype(np.float64) ** 2)

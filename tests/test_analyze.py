@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 import builders as B
-from onnxprune import OnnxPruneError, analyze
+from onnxprune import OnnxPruneError
+from onnxprune import analyze
 
 
 def names(analysis):

@@ -5,12 +5,12 @@ from onnx import numpy_helper
 
 import builders as B
 from onnxprune import prune
-from onnxprune import stats as stats_module
-from onnxprune.capture import Capturer
-from onnxprune.groups import Consumer
-from onnxprune.layout import Layout, Segment
-from onnxprune.prefix import TensorStore, sample_major
-from onnxprune.stats import GramAccumulator
+from onnxprune.capture import stats as stats_module
+from onnxprune.capture.stream import Capturer
+from onnxprune.graph.groups import Consumer
+from onnxprune.graph.layout import Layout, Segment
+from onnxprune.capture.prefix import TensorStore, sample_major
+from onnxprune.capture.stats import GramAccumulator
 
 
 def weights(model):

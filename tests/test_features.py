@@ -4,11 +4,11 @@ import pytest
 from onnx import numpy_helper
 
 import builders as B
-from onnxprune.features import canonical_order, design_rows
-from onnxprune.graph import GraphIndex
-from onnxprune.groups import ConvGeometry, Consumer
-from onnxprune.layout import Layout, Segment
-from onnxprune.weights import consumer_matrix
+from onnxprune.capture.features import canonical_order, design_rows
+from onnxprune.graph.index import GraphIndex
+from onnxprune.graph.groups import ConvGeometry, Consumer
+from onnxprune.graph.layout import Layout, Segment
+from onnxprune.rewrite.weights import consumer_matrix
 
 
 def conv_model(cin, cout, k, **attrs):

@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 import builders as B
-from onnxprune import analyze, prune
-from onnxprune.modelio import load_model
+from onnxprune import prune
+from onnxprune import analyze
+from onnxprune.io.modelio import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,7 +5,7 @@ from onnx import numpy_helper
 
 import builders as B
 from onnxprune import prune
-from onnxprune.xp import cupy_or_none
+from onnxprune.solve.xp import cupy_or_none
 
 cupy = cupy_or_none()
 pytestmark = pytest.mark.skipif(cupy is None, reason="needs CuPy and an NVIDIA GPU")
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(cupy is None, reason="needs CuPy and an NVIDIA G
 
 def test_greedy_and_least_squares_match_numpy():
     from test_select import correlated_data, make_problem
-    from onnxprune.reweight import least_squares
-    from onnxprune.select import greedy_order
+    from onnxprune.solve.reweight import least_squares
+    from onnxprune.solve.greedy import greedy_order
 
     b = correlated_data(300, 12, 3, seed=2)
     w = np.random.default_rng(3).standard_normal((37, 5))

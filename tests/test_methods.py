@@ -6,17 +6,18 @@ import pytest
 from onnx import numpy_helper
 
 import builders as B
-from onnxprune import OnnxPruneError, analyze, prune
-from onnxprune.features import canonical_order, design_rows
-from onnxprune.graph import GraphIndex
-from onnxprune.layout import Alive
+from onnxprune import OnnxPruneError, prune
+from onnxprune import analyze
+from onnxprune.capture.features import canonical_order, design_rows
+from onnxprune.graph.index import GraphIndex
+from onnxprune.graph.layout import Alive
 from onnxprune.methods import coreset, importance
 from onnxprune.methods.random_global import random_scores
 from onnxprune.methods.sampling import SensitivityAccumulator
-from onnxprune.problem import ChannelView
-from onnxprune.prune_groups import group_rng
-from onnxprune.select import select
-from onnxprune.weights import consumer_matrix
+from onnxprune.solve.problem import ChannelView
+from onnxprune.run.runner import group_rng
+from onnxprune.solve.greedy import select
+from onnxprune.rewrite.weights import consumer_matrix
 
 
 def weights(model):

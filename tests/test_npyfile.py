@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 import builders as B
-from onnxprune import npyfile, prune
-from onnxprune.calib import input_specs, load_calibration
-from onnxprune.npyfile import StoredArray, open_arrays
+from onnxprune import prune
+from onnxprune.io import npyfile
+from onnxprune.io.calib import input_specs, load_calibration
+from onnxprune.io.npyfile import StoredArray, open_arrays
 
 
 def test_stored_arrays_read_the_same_values_as_numpy(tmp_path):

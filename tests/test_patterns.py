@@ -6,7 +6,8 @@ from onnx import numpy_helper
 
 import builders as B
 import patterns as P
-from onnxprune import analyze, prune
+from onnxprune import prune
+from onnxprune import analyze
 
 # builder -> {group name: (producers, consumers)}
 EXPECTED = {
@@ -142,7 +143,7 @@ def test_swiglu_gate_and_up_lose_the_same_channels():
 
 
 def test_coverage_counts_depthwise_channels_with_their_group():
-    from onnxprune.graph import GraphIndex
+    from onnxprune.graph.index import GraphIndex
 
     model = P.depthwise()
     idx = GraphIndex.build(model)

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 import builders as B
-from onnxprune import analyze, prune
-from onnxprune.graph import float_param_count
-from onnxprune.layout import element_indices
+from onnxprune import prune
+from onnxprune import analyze
+from onnxprune.graph.index import float_param_count
+from onnxprune.graph.layout import element_indices
 
 OPSET, IR = 20, 9          # opset 20 has every pass-through op we support (Gelu, Mish, HardSwish)
 UNARY = {

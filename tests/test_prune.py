@@ -6,7 +6,7 @@ from onnx import numpy_helper
 
 import builders as B
 from onnxprune import OnnxPruneError, prune
-from onnxprune.graph import float_param_count
+from onnxprune.graph.index import float_param_count
 
 MODELS = {
     "mlp": B.mlp,
@@ -118,9 +118,9 @@ def test_compression_target_is_reached_and_not_overshot():
     _, report = prune(model, data, compression=2.0)
     assert report.compression >= 2.0
     # one more channel in every pruned group would fall below the target
-    from onnxprune.analyze import analyze
-    from onnxprune.budget import params_after
-    from onnxprune.graph import GraphIndex
+    from onnxprune.graph.analyze import analyze
+    from onnxprune.budget.cost import params_after
+    from onnxprune.graph.index import GraphIndex
     idx = GraphIndex.build(model)
     groups = analyze(model).groups
     counts = {g["name"]: min(g["channels_before"], g["channels_after"] + 1) for g in report.groups}

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxprune import atomic, largemodel
+from onnxprune.io import atomic
+from onnxprune.io import largemodel
 from onnxprune.cli import main
 from test_robust_inputs import files, snapshot  # noqa: F401 - `files` is a fixture
 

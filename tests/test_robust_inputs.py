@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 import builders as B
-from onnxprune import runtime
+from onnxprune.capture import runtime
 from onnxprune.cli import EXIT_NOTHING_TO_PRUNE, main
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import builders as B
-from onnxprune import prune, runtime
-from onnxprune.stats import GramAccumulator
+from onnxprune import prune
+from onnxprune.capture import runtime
+from onnxprune.capture.stats import GramAccumulator
 
 
 @pytest.mark.parametrize("mode", ["layer", "seq", "asym"])

@@ -8,10 +8,11 @@ from onnx import TensorProto, numpy_helper
 
 import builders as B
 import model_zoo as Z
-from onnxprune import largemodel, prune
-from onnxprune import stats as stats_module
+from onnxprune import prune
+from onnxprune.io import largemodel
+from onnxprune.capture import stats as stats_module
 from onnxprune.cli import main
-from onnxprune.graph import float_param_count
+from onnxprune.graph.index import float_param_count
 
 
 def check_pruned(model, pruned, report, data, keep):

@@ -4,7 +4,8 @@ import onnx
 import pytest
 
 import builders as B
-from onnxprune import analyze, prune
+from onnxprune import prune
+from onnxprune import analyze
 
 
 @pytest.mark.parametrize("mode", ["layer", "seq", "asym"])

@@ -4,12 +4,12 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxprune.groups import Consumer, channel_indices
-from onnxprune.layout import Alive, Layout, Segment
-from onnxprune.problem import ChannelView, Problem
-from onnxprune.reweight import least_squares
-from onnxprune.select import greedy_order, select
-from onnxprune.stats import ConsumerStats
+from onnxprune.graph.groups import Consumer, channel_indices
+from onnxprune.graph.layout import Alive, Layout, Segment
+from onnxprune.solve.problem import ChannelView, Problem
+from onnxprune.solve.reweight import least_squares
+from onnxprune.solve.greedy import greedy_order, select
+from onnxprune.capture.stats import ConsumerStats
 
 
 def augmented(x):

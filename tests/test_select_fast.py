@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune.problem import Problem
-from onnxprune.select import greedy_order, reference_greedy_order
+from onnxprune.solve.problem import Problem
+from onnxprune.solve.greedy import greedy_order, reference_greedy_order
 
 
 def problem(b, w, block, a=None, extra=None, members=None, channels=None):
@@ -181,7 +181,7 @@ def test_on_step_reports_every_pick_in_order():
 
 def test_cupy_matches_the_numpy_reference():
     """Same picks and errors on the GPU, for blocks and joint consumers (skipped without one)."""
-    from onnxprune.xp import cupy_or_none
+    from onnxprune.solve.xp import cupy_or_none
 
     cupy = cupy_or_none()
     if cupy is None:

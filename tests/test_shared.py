@@ -4,8 +4,9 @@ import onnxruntime as ort
 import pytest
 
 from conftest import SHARED
-from onnxprune import analyze, prune
-from onnxprune.modelio import load_model
+from onnxprune import prune
+from onnxprune import analyze
+from onnxprune.io.modelio import load_model
 
 pytestmark = [
     pytest.mark.shared,

@@ -8,9 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 import builders as B
-from onnxprune import analyze, pipeline, prune
+from onnxprune import prune
+from onnxprune import analyze
+from onnxprune.run import pipeline
 from onnxprune.cli import main
-from onnxprune.sweep import plot_available
+from onnxprune.run.sweep import plot_available
 
 
 def invoke(*args):

@@ -24,9 +24,9 @@ import time
 import numpy as np
 
 from bench_accuracy import DATASET, ROOT, SHARED, calibration_file, model_input
-from onnxprune.allocation import Rules, _fill, check_reachable, error_counts, uniform_counts
-from onnxprune.curves import local_curves, output_curves
-from onnxprune.pipeline import PruneOptions, Workspace, _Clock
+from onnxprune.budget.allocation import Rules, _fill, check_reachable, error_counts, uniform_counts
+from onnxprune.budget.curves import local_curves, output_curves
+from onnxprune.run.pipeline import PruneOptions, Workspace, _Clock
 
 VARIANTS = ("uniform", "balanced-local", "balanced-output", "minsum-local", "minsum-output")
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calib import input_specs
-from onnxprune.flops import model_flops
+from onnxprune.io.calib import input_specs
+from onnxprune.budget.flops import model_flops
 
 
 def feeds_for(model: onnx.ModelProto, batch: int, shapes: dict, seed: int = 0) -> dict:

@@ -19,7 +19,7 @@ Methods:
 Compression ("ratio") is the paper's: elements of every floating-point initializer, plus float
 tensors held by Constant nodes, in the original divided by the same count in the pruned model.
 flops_ratio: 2 x MACs of Conv/Gemm/MatMul for one sample (shapes by onnx shape inference), original
-over pruned, as onnxprune.flops counts them. top-1: the whole test set, onnxruntime CPU, batches of
+over pruned, as onnxprune.budget.flops counts them. top-1: the whole test set, onnxruntime CPU, batches of
 1000. Also checked: onnx.checker.check_model(full_check=True) and that onnxruntime runs the model.
 Protocol as DESIGN.md section 5: seed s calibrates on calib images [512*s, 512*(s+1)).
 

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.pipeline import PruneOptions, Workspace
+from onnxprune.run.pipeline import PruneOptions, Workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import DATASET, ROOT, SHARED, model_input  # noqa: E402

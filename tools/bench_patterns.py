@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune import analyze, prune
-from onnxprune.calib import input_specs
-from onnxprune.graph import GraphIndex
-from onnxprune.modelio import load_model
+from onnxprune import prune
+from onnxprune import analyze
+from onnxprune.io.calib import input_specs
+from onnxprune.graph.index import GraphIndex
+from onnxprune.io.modelio import load_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 MODELS = ["resnet_proj", "mobilenetv2", "densenet", "bert_tiny", "swiglu_mlp", "nhwc_flatten"]

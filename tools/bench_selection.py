@@ -48,14 +48,14 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from onnxprune import runtime  # noqa: E402
-from onnxprune.analyze import analyze  # noqa: E402
-from onnxprune.capture import submodel  # noqa: E402
-from onnxprune.features import canonical_order, design_rows  # noqa: E402
-from onnxprune.graph import GraphIndex  # noqa: E402
-from onnxprune.modelio import load_model, normalize  # noqa: E402
-from onnxprune.problem import Problem  # noqa: E402
-from onnxprune.select import greedy_order, reference_greedy_order  # noqa: E402
-from onnxprune.weights import consumer_matrix  # noqa: E402
+from onnxprune.graph.analyze import analyze  # noqa: E402
+from onnxprune.capture.stream import submodel  # noqa: E402
+from onnxprune.capture.features import canonical_order, design_rows  # noqa: E402
+from onnxprune.graph.index import GraphIndex  # noqa: E402
+from onnxprune.io.modelio import load_model, normalize  # noqa: E402
+from onnxprune.solve.problem import Problem  # noqa: E402
+from onnxprune.solve.greedy import greedy_order, reference_greedy_order  # noqa: E402
+from onnxprune.rewrite.weights import consumer_matrix  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def float32_problem(p: Problem) -> Problem:
 def array_module(device: str):
     if device == "cpu":
         return np
-    from onnxprune.xp import cupy_or_none
+    from onnxprune.solve.xp import cupy_or_none
 
     cupy = cupy_or_none()
     if cupy is None:

@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
-from ..graph import GraphIndex, attr
-from ..groups import Group
-from ..layout import Alive
+from ..graph.index import GraphIndex, attr
+from ..graph.groups import Group
+from ..graph.layout import Alive
 
 
 def sensitivities(idx: GraphIndex, group: Group, alive: Alive, consumer_rows: list, beta: float) -> np.ndarray:

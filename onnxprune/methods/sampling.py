@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..features import canonical_order, design_rows, sample_major, token_rows
-from ..groups import Consumer
-from ..xp import to_numpy
+from ..capture.features import canonical_order, design_rows, sample_major, token_rows
+from ..graph.groups import Consumer
+from ..solve.xp import to_numpy
 
 # Contributions are formed in chunks of at most this many elements (16 MiB of float32).
 CHUNK_ELEMENTS = 4 * 1024 * 1024

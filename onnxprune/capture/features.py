@@ -1,0 +1,98 @@
+"""Lay a consumer's input out as rows x features, plus a constant-1 intercept column.
+
+Pure array code that works with NumPy or CuPy (`xp`). Conv inputs become im2col patches with
+the consumer's own kernel, strides, pads and dilations; Gemm and MatMul inputs are reshaped.
+For speed, Conv patches are built channels-last (features ordered kernel-offset-major);
+`canonical_order` maps them to the channel-block order (channel c owns features
+[c*block, (c+1)*block)) that everything downstream uses.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..graph.groups import ConvGeometry, Consumer
+
+
+def sample_major(x, c: Consumer):
+    """The captured tensor with samples on axis 0 (a transA Gemm reads them on axis 1)."""
+    return x.T if (c.op == "Gemm" and c.trans_a) else x
+
+
+def design_rows(x, c: Consumer, xp, dtype):
+    """A sample-major batch as rows x (features + 1), the last column all ones."""
+    if c.op == "Conv":
+        return im2col(x, c.conv, xp, dtype)
+    flat = x.reshape(-1, x.shape[-1])
+    rows = xp.empty((flat.shape[0], flat.shape[1] + 1), dtype=dtype)
+    rows[:, :-1] = flat
+    rows[:, -1] = 1
+    return rows
+
+
+def token_rows(c: Consumer, batch, row_mask):
+    """Boolean [samples, rows per sample] of the rows to count, when a [samples, tokens] 0/1
+    mask lines up with a token-wise (Gemm/MatMul) consumer's rows; None: count every row."""
+    if row_mask is None or c.op == "Conv":
+        return None
+    per_sample = batch[:1].size // max(1, batch.shape[-1])
+    mask = np.asarray(row_mask).reshape(row_mask.shape[0], -1)
+    if mask.shape[0] != batch.shape[0] or mask.shape[1] != per_sample:
+        return None
+    return mask != 0
+
+
+def canonical_order(c: Consumer, features: int) -> np.ndarray | None:
+    """Permutation taking design_rows' column order to channel-block order (None: identity)."""
+    if c.op != "Conv" or c.kernel_area == 1:
+        return None
+    kernel_area = c.kernel_area
+    channels = (features - 1) // kernel_area
+    ch, k = np.meshgrid(np.arange(channels), np.arange(kernel_area), indexing="ij")
+    return np.append((k * channels + ch).ravel(), features - 1)
+
+
+def conv_pads(geometry: ConvGeometry, spatial: tuple) -> tuple:
+    """Begin and end pads per spatial axis, resolving auto_pad for this input size."""
+    n = len(spatial)
+    if geometry.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, geometry.kernel, geometry.strides, geometry.dilations):
+            out = math.ceil(size / s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            first = small if geometry.auto_pad == "SAME_UPPER" else total - small
+            begin.append(first)
+            end.append(total - first)
+        return tuple(begin), tuple(end)
+    if geometry.auto_pad == "VALID":
+        return (0,) * n, (0,) * n
+    pads = geometry.pads or (0,) * (2 * n)
+    return tuple(pads[:n]), tuple(pads[n:])
+
+
+def im2col(x, geometry: ConvGeometry, xp, dtype):
+    """[N, C, *spatial] -> [N * prod(out), prod(kernel) * C + 1]: kernel-offset-major
+    patches, then the intercept column."""
+    n, channels = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    begin, end = conv_pads(geometry, spatial)
+    xt = xp.moveaxis(x, 1, -1)                       # channels last: contiguous copies below
+    if any(begin) or any(end):
+        xt = xp.pad(xt, [(0, 0)] + list(zip(begin, end)) + [(0, 0)])
+    padded = tuple(xt.shape[1:-1])
+    outs = tuple(
+        (p - (k - 1) * d - 1) // s + 1
+        for p, k, s, d in zip(padded, geometry.kernel, geometry.strides, geometry.dilations)
+    )
+    kernel_area = math.prod(geometry.kernel)
+    cols = xp.empty((n, *outs, kernel_area * channels + 1), dtype=dtype)
+    cols[..., -1] = 1
+    for flat, offset in enumerate(np.ndindex(*geometry.kernel)):
+        index = [slice(None)]
+        for o, k_off, s, d in zip(outs, offset, geometry.strides, geometry.dilations):
+            start = k_off * d
+            index.append(slice(start, start + (o - 1) * s + 1, s))
+        cols[..., flat * channels:(flat + 1) * channels] = xt[tuple(index)]
+    return cols.reshape(n * math.prod(outs), kernel_area * channels + 1)

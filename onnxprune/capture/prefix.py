@@ -1,0 +1,135 @@
+"""Incremental forward passes for seq/asym capture.
+
+Groups are pruned in topological order of their producers. Pruning group i changes only
+nodes at or after its producer, so every tensor produced *before* that producer and read at
+or after it (the group's *frontier*) keeps its value for all later steps. A `Stream` stores
+each step's frontier for all calibration samples on disk and runs the next step from there,
+so a whole seq/asym run costs about two full forward passes per model instead of one prefix
+per group. Values are written to plain files (not memory maps) so resident memory stays flat
+whatever the calibration size.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..graph.index import GraphIndex
+from ..io.largemodel import with_graph
+
+
+def frontier(idx: GraphIndex, boundary: str) -> set:
+    """Tensors produced before node `boundary` (or graph inputs) and read at or after it."""
+    cut = idx.order[boundary]
+    out = set()
+    for tensor, uses in idx.consumers.items():
+        if idx.is_constant(tensor):
+            continue
+        producer = idx.producer.get(tensor)
+        if producer is not None and idx.order[producer.name] >= cut:
+            continue
+        if any(idx.order[n.name] >= cut for n, _ in uses):
+            out.add(tensor)
+    return out
+
+
+def sample_major(one: dict, two: dict) -> bool:
+    """Whether tensors computed for 1 and 2 samples hold the samples on axis 0.
+
+    `one`/`two` map tensor names to values for the first sample and the first two samples:
+    axis 0 must double and its first half must equal the one-sample result.
+    """
+    for name, a in one.items():
+        b = two[name]
+        if a.ndim == 0 or b.shape[0] != 2 * a.shape[0] or b.shape[1:] != a.shape[1:]:
+            return False
+        first = b[:a.shape[0]].astype(np.float64)
+        scale = max(1.0, float(np.max(np.abs(first))) if first.size else 1.0)
+        if not np.allclose(first, a.astype(np.float64), rtol=1e-4, atol=1e-5 * scale):
+            return False
+    return True
+
+
+class TensorStore:
+    """Sample-major arrays on disk, appended batch by batch and read back by sample range."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="onnxprune-")
+        self.meta = {}        # name -> (dtype, per-sample shape, file path)
+        self._files = {}
+        self._count = 0
+
+    def append(self, name: str, batch: np.ndarray) -> None:
+        if name not in self.meta:
+            self._count += 1
+            path = os.path.join(self.dir, f"t{self._count}.bin")
+            self.meta[name] = (batch.dtype, batch.shape[1:], path)
+            self._files[name] = open(path, "wb")
+        self._files[name].write(np.ascontiguousarray(batch).tobytes())
+
+    def seal(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+    def read(self, name: str, start: int, count: int) -> np.ndarray:
+        dtype, shape, path = self.meta[name]
+        per = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with open(path, "rb") as fh:
+            fh.seek(start * per)
+            data = fh.read(count * per)
+        return np.frombuffer(data, dtype=dtype).reshape((count, *shape))
+
+    def keep_only(self, names: set) -> None:
+        for name in list(self.meta):
+            if name not in names:
+                os.unlink(self.meta.pop(name)[2])
+
+    def close(self) -> None:
+        self.seal()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def region_model(model: onnx.ModelProto, idx: GraphIndex, outputs: list, available: set) -> tuple:
+    """A model computing `outputs` from the tensors in `available` (plus graph inputs).
+
+    Returns (model, input names it reads).
+    """
+    needed, inputs, stack = set(), set(), list(outputs)
+    graph_inputs = set(idx.graph_inputs)
+    while stack:
+        t = stack.pop()
+        if t in available or (t in graph_inputs):
+            inputs.add(t)
+            continue
+        node = idx.producer.get(t)
+        if node is None or node.name in needed:
+            continue
+        needed.add(node.name)
+        stack.extend(i for i in node.input if i and not idx.is_constant(i))
+        stack.extend(r for r in idx.outer_reads.get(node.name, ()) if not idx.is_constant(r))
+    g = model.graph
+    nodes = [n for n in g.node if n.name in needed]
+    used = {i for n in nodes for i in n.input} | set(outputs)
+    for n in nodes:
+        used |= idx.outer_reads.get(n.name, set())
+    ins = [_value_info(idx, t) for t in sorted(inputs)]
+    outs = [helper.make_tensor_value_info(t, idx.elem_types[t], None) for t in outputs]
+    graph = helper.make_graph(nodes, g.name or "region", ins, outs)
+    for t in g.initializer:     # add().CopyFrom, not extend: works for tensors over 2 GB too
+        if t.name in used:
+            graph.initializer.add().CopyFrom(t)
+    return with_graph(model, graph), sorted(inputs)
+
+
+def _value_info(idx: GraphIndex, name: str):
+    """Rank only for intermediate inputs: pruning may have changed their channel counts."""
+    if name in idx.graph_inputs:
+        return next(i for i in idx.model.graph.input if i.name == name)
+    dims = idx.model_dims.get(name)
+    shape = None if dims is None else [None] * len(dims)
+    return helper.make_tensor_value_info(name, idx.elem_types[name], shape)

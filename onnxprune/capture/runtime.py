@@ -1,0 +1,158 @@
+"""Everything that touches onnxruntime: device choice, sessions, batched runs.
+
+The CUDA provider is only requested once we know it can load, so a CPU-only machine with
+the GPU wheel installed never prints CUDA errors.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import re
+import tempfile
+
+import numpy as np
+import onnx
+
+from ..io.atomic import Staged
+from ..errors import OnnxPruneError
+from ..io.largemodel import is_large
+
+DEVICES = ("auto", "cpu", "cuda")
+MIN_OPSET = 7          # the oldest ai.onnx opset onnxruntime guarantees to run
+
+
+@functools.lru_cache(maxsize=None)
+def _driver_has_gpu() -> bool:
+    """True when the NVIDIA driver library loads and reports at least one device."""
+    name = "nvcuda.dll" if os.name == "nt" else (ctypes.util.find_library("cuda") or "libcuda.so.1")
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    try:
+        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except AttributeError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_provider_usable() -> bool:
+    """Whether onnxruntime's CUDA provider actually loads here (probed once, silently)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not _driver_has_gpu():
+        return False
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - libraries may come from the system instead
+            pass
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 13)],
+    )
+    probe.ir_version = 7
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        return False
+    return "CUDAExecutionProvider" in sess.get_providers()
+
+
+def resolve_device(device: str) -> str:
+    """'cpu' or 'cuda' for onnxruntime; errors when 'cuda' is asked for and cannot load."""
+    if device not in DEVICES:
+        raise OnnxPruneError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    usable = cuda_provider_usable()
+    if device == "cuda" and not usable:
+        raise OnnxPruneError(
+            "--device cuda: onnxruntime's CUDA provider cannot load here (no NVIDIA GPU/driver, or CUDA "
+            "libraries missing; install onnxprune[gpu]); use --device cpu or auto"
+        )
+    return "cuda" if usable else "cpu"
+
+
+def providers(device: str) -> list:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+
+
+def session(model: onnx.ModelProto, device: str = "cpu"):
+    """An InferenceSession on `device` ('cpu' or 'cuda'); user-facing errors on failure."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # Our NumPy work runs between onnxruntime calls: spinning threads would steal its cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        if not is_large(model):
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+        with tempfile.TemporaryDirectory(prefix="onnxprune-ort-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with Staged() as staged:
+                staged.add_model(model, path)
+            return ort.InferenceSession(path, opts, providers=providers(device))
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise OnnxPruneError(explain_failure(model, exc)) from None
+
+
+def explain_failure(model: onnx.ModelProto, exc: BaseException) -> str:
+    """onnxruntime's reason in one line, saying which version is the problem and what works."""
+    import onnxruntime as ort
+
+    ours = f"onnxruntime {ort.__version__}"
+    text = _strip_location(str(exc))
+    ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if ir:
+        return (f"{ours} cannot run models of IR version {ir[1]} (it supports up to IR {ir[2]}); "
+                "re-export the model with an older IR version or upgrade onnxruntime")
+    opset = re.search(r"Opset (\d+) is under development.*?till opset (\d+)", text)
+    if opset:
+        return (f"{ours} supports ai.onnx opsets up to {opset[2]}, the model uses opset {opset[1]}; "
+                f"re-export it with opset {opset[2]} or lower (or onnx.version_converter) or upgrade onnxruntime")
+    default = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if default is not None and default < MIN_OPSET:
+        return (f"{ours} cannot run this opset {default} model ({text}); it supports ai.onnx opset "
+                f"{MIN_OPSET} and newer: convert the model with onnx.version_converter")
+    return f"{ours} cannot run this model: {text}"
+
+
+def _strip_location(message: str) -> str:
+    """First line of an onnxruntime message without its status code, file:line and C++ signature."""
+    text = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from \S+ failed:", "", text)
+    if re.match(r"^\S+\.(?:cc|h|cpp|hpp):\d+ ", text):
+        depth, start = 0, text.find(" ") + 1
+        for i in range(start, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            if text[i] == ")" and depth == 0:
+                text = text[i + 1:]
+                break
+    return text.strip()
+
+
+def run(sess, feeds: dict, outputs: list) -> list:
+    """One run; inputs are already validated and converted (a StoredArray slice is read here)."""
+    return sess.run(outputs, {k: np.asarray(v) for k, v in feeds.items()})
+
+
+def batches(arrays: dict, batch_size: int):
+    """Yield feed dicts of consecutive samples (axis 0 of every array)."""
+    n = next(iter(arrays.values())).shape[0]
+    for start in range(0, n, batch_size):
+        yield {k: np.ascontiguousarray(v[start:start + batch_size]) for k, v in arrays.items()}

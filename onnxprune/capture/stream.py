@@ -1,0 +1,166 @@
+"""The `capture` stage: run calibration batches through onnxruntime and stream each
+consumer's input into Gram statistics (never keeping activations beyond one batch).
+
+`layer` mode needs one pass of the original model. `seq`/`asym` prune group after group, so
+each group is captured from the current (partly pruned) model, and for asym in lockstep with
+the original; `Stream`s resume each step from the previous step's frontier (see prefix.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+
+from . import runtime
+from ..io.calib import Calibration
+from ..graph.index import GraphIndex
+from .prefix import TensorStore, frontier, region_model, sample_major
+from .stats import GramAccumulator
+
+Progress = Callable[[str, int, int], None]
+
+
+def submodel(model: onnx.ModelProto, outputs: list, index: GraphIndex | None = None) -> onnx.ModelProto:
+    """A copy of `model` that computes only `outputs` from the graph inputs."""
+    idx = index or GraphIndex.build(model)
+    sub, _ = region_model(model, idx, list(outputs), set())
+    del sub.graph.input[:]
+    sub.graph.input.extend(i for i in model.graph.input if i.name not in idx.initializers)
+    return sub
+
+
+class Stream:
+    """One model run step by step; each step starts from the frontier the previous one saved."""
+
+    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool):
+        self.types = types            # original model's index: element types and symbolic dims
+        self.calib = calib
+        self.device = device
+        self.enabled = enabled
+        self.store = TensorStore()
+        self.available: set = set()
+        self._session = None
+
+    def prepare(self, model: onnx.ModelProto, outputs: list, save: set) -> None:
+        structure = GraphIndex.build(model, infer=False)
+        structure.elem_types, structure.model_dims = self.types.elem_types, self.types.model_dims
+        save = set(save) if self.enabled else set()
+        self._new = sorted(save - self.available)
+        self._save = save
+        self._outputs = list(outputs)
+        fetch = self._outputs + [t for t in self._new if t not in self._outputs]
+        sub, self._inputs = region_model(model, structure, fetch, self.available)
+        self._fetch = fetch
+        self._session = runtime.session(sub, self.device)
+
+    def run_batch(self, start: int, feeds: dict) -> dict:
+        count = next(iter(feeds.values())).shape[0]
+        full = {}
+        for name in self._inputs:
+            full[name] = feeds[name] if name in feeds else self.store.read(name, start, count)
+        values = dict(zip(self._fetch, runtime.run(self._session, full, self._fetch)))
+        for name in self._new:
+            self.store.append(name, values[name])
+        return values
+
+    def finish(self) -> None:
+        self.store.seal()
+        self.store.keep_only(self._save)
+        self.available = set(self._save)
+        self._session = None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Capturer:
+    """Streams calibration batches through models and accumulates consumer statistics."""
+
+    def __init__(self, calib: Calibration, batch_size: int, device: str, xp, progress: Progress | None = None,
+                 row_mask: str | None = None):
+        self.calib = calib
+        self.row_mask = row_mask      # model input whose 0 entries mark padding tokens
+        self.batch_size = batch_size
+        self.device = device
+        self.xp = xp
+        self.progress = progress or (lambda stage, done, total: None)
+        self._streams: dict = {}
+
+    def layer_stats(self, model: onnx.ModelProto, consumers: list, label: str, observers: tuple = ()) -> list:
+        """Statistics of every consumer from one pass of `model`. `observers` (objects with
+        `.consumer` and `.add(batch)`, e.g. sampling's sensitivities) see the same batches."""
+        tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
+        sess = runtime.session(submodel(model, tensors), self.device)
+        accs = [GramAccumulator(c, self.xp) for c in consumers]
+        for feeds in self._batches(label):
+            out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
+            for acc in accs + list(observers):
+                acc.add(out[acc.consumer.input], row_mask=feeds.get(self.row_mask))
+        return [acc.result() for acc in accs]
+
+    def plan(self, original: onnx.ModelProto, boundaries: list) -> None:
+        """Prepare incremental streams for groups whose producers are `boundaries`, in order."""
+        self.types = GraphIndex.build(original)
+        self.frontiers = [frontier(self.types, b) for b in boundaries]
+        self.cacheable = self._frontiers_are_sample_major(original)
+        self.step = 0
+
+    def _frontiers_are_sample_major(self, original: onnx.ModelProto) -> bool:
+        """Caching needs every frontier tensor laid out sample by sample; check it on 1 and 2
+        samples (models with a fixed batch size cannot be checked, so they are not cached)."""
+        tensors = sorted(set().union(*self.frontiers)) if self.frontiers else []
+        fixed_batch = any((self.types.shapes.get(i) or (None,))[0] is not None for i in self.types.graph_inputs)
+        if not tensors or self.calib.samples < 2 or fixed_batch:
+            return False
+        sess = runtime.session(submodel(original, tensors, self.types), self.device)
+        one = dict(zip(tensors, runtime.run(sess, {k: v[:1] for k, v in self.calib.arrays.items()}, tensors)))
+        two = dict(zip(tensors, runtime.run(sess, {k: v[:2] for k, v in self.calib.arrays.items()}, tensors)))
+        return sample_major(one, two)
+
+    def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
+                   original: onnx.ModelProto | None = None, weights: dict | None = None,
+                   observers: tuple = ()) -> list:
+        """Statistics of the next planned group on `current` (asym: against `original`);
+        `observers` see the current model's consumer inputs, as in layer_stats."""
+        save = self.frontiers[self.step]
+        self.step += 1
+        tensors = sorted({c.input for c in consumers})
+        cur = self._stream("current")
+        cur.prepare(current, tensors, save)
+        ref = None
+        if original is not None:
+            ref = self._stream("original")
+            ref.prepare(original, tensors, save)
+        accs = [GramAccumulator(c, self.xp, asym=ref is not None, weight=(weights or {}).get(c.node))
+                for c in consumers]
+        start = 0
+        for feeds in self._batches(label):
+            b_out = cur.run_batch(start, feeds)
+            a_out = ref.run_batch(start, feeds) if ref is not None else {}
+            for acc in accs:
+                acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input), feeds.get(self.row_mask))
+            for obs in observers:
+                obs.add(b_out[obs.consumer.input], row_mask=feeds.get(self.row_mask))
+            start += next(iter(feeds.values())).shape[0]
+        cur.finish()
+        if ref is not None:
+            ref.finish()
+        return [acc.result() for acc in accs]
+
+    def close(self) -> None:
+        for s in self._streams.values():
+            s.close()
+        self._streams.clear()
+
+    def _stream(self, key: str) -> Stream:
+        if key not in self._streams:
+            self._streams[key] = Stream(self.types, self.calib, self.device, self.cacheable)
+        return self._streams[key]
+
+    def _batches(self, label: str):
+        total, done = self.calib.samples, 0
+        self.progress(label, 0, total)
+        for feeds in runtime.batches(self.calib.arrays, self.batch_size):
+            yield feeds
+            done += next(iter(feeds.values())).shape[0]
+            self.progress(label, done, total)

@@ -1,0 +1,190 @@
+"""A read-only index over an ONNX graph: who produces and consumes each tensor, which
+tensors are constants, and the shapes shape inference could work out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..io.largemodel import is_large, skeleton
+
+Dim = "int | None"
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's Python value, or `default` when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that never raises: a model it cannot type is analysed without shapes.
+
+    A model over protobuf's 2 GB limit is inferred from its skeleton (large initializers as
+    type-and-dims stubs), since inference serialises the model.
+    """
+    try:
+        if is_large(model):
+            model = skeleton(model)[0]
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort
+        return model
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple | None:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+
+
+def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in value_info.type.tensor_type.shape.dim)
+
+
+@dataclass
+class GraphIndex:
+    model: onnx.ModelProto
+    producer: dict = field(default_factory=dict)       # tensor -> node
+    consumers: dict = field(default_factory=dict)      # tensor -> [(node, input index)]
+    nodes: dict = field(default_factory=dict)          # name -> node
+    order: dict = field(default_factory=dict)          # node name -> topological position
+    initializers: dict = field(default_factory=dict)   # name -> TensorProto
+    shapes: dict = field(default_factory=dict)         # tensor -> tuple of dims (None = unknown)
+    elem_types: dict = field(default_factory=dict)     # tensor -> onnx elem type
+    graph_inputs: list = field(default_factory=list)   # runtime inputs (not initializers)
+    graph_outputs: set = field(default_factory=set)
+    outer_reads: dict = field(default_factory=dict)    # node with subgraphs -> outer tensors read
+    model_dims: dict = field(default_factory=dict)     # tensor -> dims with symbolic names kept
+    folded: dict = field(default_factory=dict)         # small tensors computed from constants only
+    _arrays: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto, infer: bool = True) -> "GraphIndex":
+        """Index `model`; `infer=False` skips shape inference (for weight look-ups only)."""
+        idx = cls(model=model)
+        g = model.graph
+        idx.initializers = {t.name: t for t in g.initializer}
+        idx.graph_inputs = [i.name for i in g.input if i.name not in idx.initializers]
+        idx.graph_outputs = {o.name for o in g.output}
+        for pos, node in enumerate(g.node):
+            idx.nodes[node.name] = node
+            idx.order[node.name] = pos
+            for out in node.output:
+                if out:
+                    idx.producer[out] = node
+            for i, name in enumerate(node.input):
+                if name:
+                    idx.consumers.setdefault(name, []).append((node, i))
+        # Subgraphs (If/Loop/Scan bodies) may read outer tensors: count them as consumers
+        # so nothing feeding a subgraph is ever treated as prunable.
+        for node in g.node:
+            reads = _subgraph_outer_reads(node)
+            if reads:
+                idx.outer_reads[node.name] = reads
+            for outer in reads:
+                idx.consumers.setdefault(outer, []).append((node, -1))
+        inferred = infer_shapes(model) if infer else model
+        for vi in list(inferred.graph.value_info) + list(g.input) + list(g.output):
+            dims = _dims(vi)
+            if dims is not None:
+                idx.shapes[vi.name] = dims
+                idx.model_dims[vi.name] = _symbolic_dims(vi)
+            if vi.type.HasField("tensor_type"):
+                idx.elem_types[vi.name] = vi.type.tensor_type.elem_type
+        for name, t in idx.initializers.items():
+            idx.shapes[name] = tuple(t.dims)
+            idx.elem_types[name] = t.data_type
+        if infer:
+            idx.folded = _fold_constants(idx)
+        return idx
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers
+
+    def array(self, name: str) -> np.ndarray:
+        """The value of a constant tensor (cached)."""
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self.initializers[name])
+        return self._arrays[name]
+
+    def known_value(self, name: str):
+        """A tensor's value when it is an initializer or computed from constants only, else None.
+
+        Read-only: folded values are not initializers and cannot be rewritten."""
+        if name in self.initializers:
+            return self.array(name)
+        return self.folded.get(name)
+
+    def uses(self, name: str) -> list:
+        return self.consumers.get(name, [])
+
+    def rank(self, name: str) -> int | None:
+        dims = self.shapes.get(name)
+        return None if dims is None else len(dims)
+
+    def topo_nodes(self):
+        return list(self.model.graph.node)
+
+
+# Cheap, deterministic ops that shape plumbing is built from (PyTorch exports compute Pad
+# amounts and Reshape targets with them).
+FOLDABLE = {"Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze", "Squeeze",
+            "Gather", "Identity", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Flatten", "Expand", "Constant"}
+FOLD_LIMIT = 4096
+
+
+def _fold_constants(idx: "GraphIndex") -> dict:
+    """Evaluate small nodes whose inputs are all known, in topological order."""
+    from onnx.reference import ReferenceEvaluator
+
+    opset = next((o.version for o in idx.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    known = {}
+    for node in idx.model.graph.node:
+        if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):
+            continue
+        names = [i for i in node.input if i]
+        if not all(n in idx.initializers and int(np.prod(idx.initializers[n].dims)) <= FOLD_LIMIT or n in known
+                   for n in names):
+            continue
+        values = [known[n] if n in known else numpy_helper.to_array(idx.initializers[n]) for n in names]
+        try:
+            sub = onnx.helper.make_graph(
+                [node], "fold",
+                [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for n, v in zip(names, values)],
+                [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output])
+            model = onnx.helper.make_model(sub, opset_imports=[onnx.helper.make_opsetid("", opset)])
+            outputs = ReferenceEvaluator(model).run(None, dict(zip(names, values)))
+        except Exception:  # noqa: BLE001 - folding is best effort; unknown stays unknown
+            continue
+        for name, value in zip(node.output, outputs):
+            if name and np.asarray(value).size <= FOLD_LIMIT:
+                known[name] = np.asarray(value)
+    return known
+
+
+def _subgraph_outer_reads(node: onnx.NodeProto) -> set:
+    """Names a node's subgraphs read from the enclosing scope."""
+    reads: set = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            local = {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            for n in sub.node:
+                local.update(o for o in n.output if o)
+            for n in sub.node:
+                reads.update(i for i in n.input if i and i not in local)
+                reads.update(r for r in _subgraph_outer_reads(n) if r not in local)
+    return reads
+
+
+def float_param_count(model: onnx.ModelProto) -> int:
+    """Parameters as the paper counts them: every floating-point initializer element."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats)

@@ -1,0 +1,516 @@
+"""Per-operator rules: how each op moves channel layouts from its inputs to its outputs.
+
+A rule returns an `Effect` (output layouts, parameter/attribute sites, couplings between
+inputs) or raises `Refusal` with a reason a user can read. Ops not listed are refused:
+we never guess. Producers and consumers (Conv / Gemm / MatMul) are in roles.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .index import GraphIndex, attr
+from .groups import AttrSite, ParamSite
+from .layout import Layout, concat, cut, opaque
+from .shapes import Const, Dim, reshape_dims, shape_entries
+
+
+class Refusal(Exception):
+    """Why channels cannot be pruned safely through this op."""
+
+
+@dataclass
+class Effect:
+    outputs: dict = field(default_factory=dict)     # output tensor -> Layout
+    sites: list = field(default_factory=list)       # ParamSite / AttrSite
+    couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
+
+
+# Element-wise ops of one tensor: channel identity is untouched.
+UNARY = {
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
+    "Softplus", "Softsign", "Mish", "Gelu", "ThresholdedRelu", "Identity", "Dropout", "Clip", "Erf",
+    "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Cast", "Pow", "Sin", "Cos", "Floor", "Ceil",
+    "Round", "Sign", "Swish",
+}
+POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu"}
+REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd"}
+SOFTMAX = {"Softmax", "LogSoftmax", "Hardmax"}
+
+
+def transfer(idx: GraphIndex, node, layouts: dict, opset: int) -> Effect:
+    """The Effect of `node` given the layouts of its tracked inputs ({input index: Layout})."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        raise Refusal(f"channels reach custom-domain op {node.domain}.{op} ('{node.name}')")
+    handler = _HANDLERS.get(op)
+    if handler is None and op in UNARY:
+        handler = _unary
+    elif handler is None and op in POOLS:
+        handler = _pool
+    elif handler is None and op in REDUCE:
+        handler = _reduce
+    elif handler is None and op in BINARY:
+        handler = _binary
+    elif handler is None and op in SOFTMAX:
+        handler = _softmax
+    if handler is None:
+        raise Refusal(f"channels reach {op} node '{node.name}', which onnxprune does not see through")
+    return handler(idx, node, layouts, opset)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def _only_input0(node, layouts: dict) -> Layout:
+    if set(layouts) != {0}:
+        raise Refusal(f"channels enter {node.op_type} node '{node.name}' through input "
+                      f"{min(i for i in layouts if i)} rather than its data input")
+    return layouts[0]
+
+
+def _no_extra_outputs(idx: GraphIndex, node) -> None:
+    for extra in node.output[1:]:
+        if extra and (idx.uses(extra) or extra in idx.graph_outputs):
+            raise Refusal(f"{node.op_type} node '{node.name}' has a second output in use ({extra})")
+
+
+def _constant_inputs(idx: GraphIndex, node, skip=(0,)) -> None:
+    for i, name in enumerate(node.input):
+        if i not in skip and name and not idx.is_constant(name):
+            raise Refusal(f"{node.op_type} node '{node.name}' has a non-constant input '{name}'")
+
+
+def _const_ints(idx: GraphIndex, node, name: str):
+    value = idx.known_value(name)
+    if value is None:
+        raise Refusal(f"{node.op_type} node '{node.name}' takes '{name}' from a computation, not a constant")
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def _axes(idx: GraphIndex, node, opset: int, attr_until: int, rank: int, input_index: int = 1):
+    """Axes given as an attribute (opset < attr_until) or as an input; None when absent."""
+    if opset < attr_until:
+        axes = attr(node, "axes")
+    else:
+        axes = (_const_ints(idx, node, node.input[input_index])
+                if len(node.input) > input_index and node.input[input_index] else None)
+    return None if axes is None else [a + rank if a < 0 else a for a in axes]
+
+
+def _dims(idx: GraphIndex, name: str):
+    return idx.shapes.get(name)
+
+
+def _out(node, layout: Layout) -> Effect:
+    return Effect(outputs={node.output[0]: layout})
+
+
+def _per_channel_const(idx: GraphIndex, node, name: str, layout: Layout, out_rank: int):
+    """A ParamSite when constant `name` varies along the channel axis, None when it is
+    broadcast along it (then it treats every channel alike)."""
+    shape = tuple(idx.shapes[name])
+    axis = layout.axis - (out_rank - len(shape))
+    if int(np.prod(shape, dtype=np.int64)) == 1 or axis < 0 or shape[axis] == 1:
+        return None
+    if shape[axis] != layout.positions * layout.block:
+        raise Refusal(f"constant '{name}' of {node.op_type} '{node.name}' does not match the channel axis")
+    return ParamSite(name, axis, layout)
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+def _unary(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    _no_extra_outputs(idx, node)
+    if node.op_type == "Pow":
+        if not idx.is_constant(node.input[1]) or np.asarray(idx.array(node.input[1])).size != 1:
+            raise Refusal(f"Pow '{node.name}' has a non-scalar exponent")
+    else:
+        _constant_inputs(idx, node)
+    return _out(node, layout)
+
+
+def _pool(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    _no_extra_outputs(idx, node)
+    if layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' pools a layout whose channel axis is not 1")
+    return _out(node, layout)
+
+
+def _normalization(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    _no_extra_outputs(idx, node)
+    _constant_inputs(idx, node)
+    if layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' normalises axis 1, not the channel axis")
+    effect = _out(node, layout)
+    effect.sites = [ParamSite(name, 0, layout) for name in node.input[1:] if name]
+    return effect
+
+
+def _layer_norm(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    first = attr(node, "axis", -1)
+    first = first + layout.rank if first < 0 else first
+    if layout.axis >= first:
+        raise Refusal(f"LayerNormalization '{node.name}' normalises over the channel axis "
+                      "(removing channels would change its statistics)")
+    _no_extra_outputs(idx, node)
+    _constant_inputs(idx, node)
+    return _out(node, layout)
+
+
+def _binary(idx, node, layouts, opset):
+    out_rank = len(_dims(idx, node.output[0]) or ()) or max(l.rank for l in layouts.values())
+    tracked = {i: replace(l, axis=l.axis + out_rank - l.rank, rank=out_rank) for i, l in layouts.items()}
+    first = next(iter(tracked.values()))
+    effect = _out(node, first)
+    for i, name in enumerate(node.input):
+        if i in tracked:
+            lay = tracked[i]
+            if (lay.axis, lay.block, lay.interleaved) != (first.axis, first.block, first.interleaved):
+                raise Refusal(f"{node.op_type} '{node.name}' combines channels laid out differently")
+            if lay is not first:
+                effect.couplings.append((first, lay))
+            continue
+        if idx.is_constant(name):
+            site = _per_channel_const(idx, node, name, first, out_rank)
+            if site is not None:
+                effect.sites.append(site)
+            continue
+        shape = _dims(idx, name)
+        axis = first.axis - (out_rank - len(shape)) if shape is not None else None
+        if shape is None or (axis is not None and axis >= 0 and shape[axis] != 1):
+            source = idx.producer.get(name)
+            origin = f" (output of {source.op_type} '{source.name}')" if source is not None else " (a model input)"
+            raise Refusal(f"channels reach {node.op_type} node '{node.name}' together with '{name}'{origin}, "
+                          "whose channels are not prunable")
+    return effect
+
+
+def _softmax(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    axis = attr(node, "axis", -1 if opset >= 13 else 1)
+    axis = axis + layout.rank if axis < 0 else axis
+    touches = layout.axis == axis if opset >= 13 else layout.axis >= axis
+    if touches:
+        raise Refusal(f"{node.op_type} '{node.name}' normalises across the channel axis")
+    return _out(node, layout)
+
+
+def _reduce(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    attr_until = 13 if node.op_type == "ReduceSum" else 18
+    axes = _axes(idx, node, opset, attr_until, layout.rank)
+    if not axes or layout.axis in axes or layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' reduces over the channel axis")
+    keep = attr(node, "keepdims", 1)
+    axis = layout.axis if keep else layout.axis - sum(a < layout.axis for a in axes)
+    return _out(node, layout.with_axis(axis, layout.rank if keep else layout.rank - len(axes)))
+
+
+def _flatten(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    dims = _dims(idx, node.input[0])
+    axis = attr(node, "axis", 1)
+    axis = axis + layout.rank if axis < 0 else axis
+    return _out(node, _merge_into_columns(node, layout, dims, axis, layout.rank, out_axis=1, out_rank=2))
+
+
+def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_axis: int, out_rank: int):
+    """Layout after dims [first, last) (holding the channel axis) merge into one axis."""
+    if layout.axis < first or layout.axis >= last:
+        raise Refusal(f"{node.op_type} '{node.name}' folds the channel axis into the rows")
+    if layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' flattens channels that are already flattened")
+    if dims is None or any(d is None for d in dims[first:last]):
+        raise Refusal(f"{node.op_type} '{node.name}' has an input of unknown shape")
+    before = int(np.prod(dims[first:layout.axis], dtype=np.int64))
+    after = int(np.prod(dims[layout.axis + 1:last], dtype=np.int64))
+    if before == 1:
+        return Layout(out_axis, out_rank, layout.segments, block=after)
+    if after == 1:
+        return Layout(out_axis, out_rank, layout.segments, block=before, interleaved=True)
+    raise Refusal(f"{node.op_type} '{node.name}' interleaves the channels with axes on both sides")
+
+
+def _reshape(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    din = _dims(idx, node.input[0])
+    entries = shape_entries(idx, node.input[1])
+    dout = reshape_dims(idx, node.input[0], entries) if entries is not None else None
+    if dout is None and entries is not None and din is not None and layout.axis == len(din) - 1 \
+            and din[-1] is not None and len(entries) >= 2 and all(isinstance(e, Const) for e in entries[-2:]) \
+            and entries[-2].value * entries[-1].value == din[-1]:
+        raise Refusal(f"Reshape '{node.name}' splits the channel axis into {entries[-2].value} heads of "
+                      f"{entries[-1].value} (attention heads are not pruned)")
+    if din is None or dout is None or any(d is None for d in din[1:]) or any(d is None for d in dout[1:]) \
+            or (din[0] is None) != (dout[0] is None) or (din[0] is not None and din[0] != dout[0]):
+        raise Refusal(f"Reshape '{node.name}' has shapes onnxprune cannot follow (dynamic or batch-mixing)")
+    new = _reshaped_layout(layout, din, dout)
+    if new is None:
+        raise Refusal(f"Reshape '{node.name}' splits or scatters the channel axis")
+    effect = _out(node, new)
+    entry = entries[new.axis]
+    if isinstance(entry, Dim):
+        if not (entry.tensor == node.input[0] and entry.axis == layout.axis and new.block == layout.block):
+            raise Refusal(f"Reshape '{node.name}' sets its channel axis from another dimension")
+    elif entry.value == 0 and new.axis != layout.axis:
+        raise Refusal(f"Reshape '{node.name}' copies a dimension across the channel axis")
+    elif entry.value > 0:
+        if entry.initializer is None:
+            raise Refusal(f"Reshape '{node.name}' takes its channel width from a computed constant")
+        effect.sites.append(AttrSite(node.name, "reshape", (new,), name=entry.initializer, index=entry.index,
+                                     factor=dout[new.axis] // new.positions))
+    return effect
+
+
+def _reshaped_layout(layout: Layout, din, dout):
+    """The layout after a Reshape from dims `din` to `dout`, or None when it is scattered."""
+    a = layout.axis
+    prefix = int(np.prod(din[1:a], dtype=np.int64))
+    b = next((b for b in range(1, len(dout)) if int(np.prod(dout[1:b], dtype=np.int64)) == prefix), None)
+    if b is not None and b < len(dout):
+        inner_in = int(np.prod(din[a + 1:], dtype=np.int64))
+        inner_out = int(np.prod(dout[b + 1:], dtype=np.int64))
+        if dout[b] == din[a] and inner_out == inner_in:
+            return replace(layout, axis=b, rank=len(dout))                          # channel axis kept
+        if layout.block == 1 and not layout.interleaved and dout[b] % din[a] == 0 \
+                and dout[b] * inner_out == din[a] * inner_in:
+            return Layout(b, len(dout), layout.segments, block=dout[b] // din[a])   # merged with inner dims
+        if layout.block > 1 and not layout.interleaved and dout[b] == layout.positions \
+                and dout[b] * inner_out == din[a] * inner_in:
+            return Layout(b, len(dout), layout.segments)                            # un-flattened
+    merged = _nhwc_merge(din, dout, a)
+    if merged is not None and layout.block == 1:
+        return Layout(merged[0], len(dout), layout.segments, block=merged[1], interleaved=True)
+    return None
+
+
+def _nhwc_merge(din, dout, a):
+    """(axis, block) when the channel axis is the last of several merged dims (NHWC flatten)."""
+    for start in range(1, a):
+        merged = int(np.prod(din[start:a + 1], dtype=np.int64))
+        rest_in = int(np.prod(din[a + 1:], dtype=np.int64))
+        pre = int(np.prod(din[1:start], dtype=np.int64))
+        for b in range(1, len(dout)):
+            if int(np.prod(dout[1:b], dtype=np.int64)) == pre and dout[b] == merged \
+                    and int(np.prod(dout[b + 1:], dtype=np.int64)) == rest_in and rest_in == 1:
+                return b, merged // din[a]
+    return None
+
+
+def _shape(idx, node, layouts, opset):
+    """Shape reads dimensions, not values: fine while nothing uses the channel count."""
+    layout = _only_input0(node, layouts)
+    start = attr(node, "start", 0)
+    start = start + layout.rank if start < 0 else start
+    for user, _ in idx.uses(node.output[0]):
+        picks = idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
+        if picks is None or attr(user, "axis", 0) != 0 or \
+                layout.axis - start in [int(p) for p in np.asarray(picks).reshape(-1)]:
+            raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
+    return Effect()
+
+
+def _transpose(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    perm = attr(node, "perm", list(range(layout.rank))[::-1])
+    return _out(node, layout.with_axis(list(perm).index(layout.axis), layout.rank))
+
+
+def _squeeze(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    axes = _axes(idx, node, opset, 13, layout.rank)
+    if axes is None:
+        dims = _dims(idx, node.input[0])
+        if dims is None or any(d is None for d in dims):
+            raise Refusal(f"Squeeze '{node.name}' without axes on an input of unknown shape")
+        axes = [i for i, d in enumerate(dims) if d == 1]
+    if layout.axis in axes:
+        raise Refusal(f"Squeeze '{node.name}' removes the channel axis")
+    return _out(node, layout.with_axis(layout.axis - sum(x < layout.axis for x in axes), layout.rank - len(axes)))
+
+
+def _unsqueeze(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    rank = layout.rank + len(attr(node, "axes", []) if opset < 13 else _const_ints(idx, node, node.input[1]))
+    axes = sorted(a + rank if a < 0 else a for a in (attr(node, "axes") if opset < 13
+                                                     else _const_ints(idx, node, node.input[1])))
+    kept = [i for i in range(rank) if i not in axes]
+    return _out(node, layout.with_axis(kept[layout.axis], rank))
+
+
+def _slice(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    if opset < 10:
+        starts, ends, axes = attr(node, "starts"), attr(node, "ends"), attr(node, "axes")
+        steps = None
+    else:
+        starts, ends = (_const_ints(idx, node, node.input[i]) for i in (1, 2))
+        axes = _const_ints(idx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        steps = _const_ints(idx, node, node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    axes = list(range(len(starts))) if axes is None else [a + layout.rank if a < 0 else a for a in axes]
+    steps = steps or [1] * len(axes)
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if axis == layout.axis and not (start == 0 and end >= layout.positions * layout.block and step == 1):
+            raise Refusal(f"Slice '{node.name}' cuts the channel axis")
+    return _out(node, layout)
+
+
+def _pad(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    mode = attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = attr(node, "pads") if opset < 11 else _const_ints(idx, node, node.input[1])
+    rank = layout.rank
+    if opset >= 18 and len(node.input) > 3 and node.input[3]:
+        axes = [a + rank if a < 0 else a for a in _const_ints(idx, node, node.input[3])]
+    else:
+        axes = list(range(rank))
+    n = len(axes)
+    before = dict(zip(axes, pads[:n]))
+    after = dict(zip(axes, pads[n:]))
+    p0, p1 = before.get(layout.axis, 0), after.get(layout.axis, 0)
+    if p0 == 0 and p1 == 0:
+        return _out(node, layout)
+    if mode != "constant" or p0 < 0 or p1 < 0 or layout.block != 1:
+        raise Refusal(f"Pad '{node.name}' pads the channel axis in a way onnxprune cannot follow")
+    segments = ((opaque(p0),) if p0 else ()) + layout.segments + ((opaque(p1),) if p1 else ())
+    return _out(node, replace(layout, segments=segments))
+
+
+def _concat(idx, node, layouts, opset):
+    first = next(iter(layouts.values()))
+    axis = attr(node, "axis")
+    axis = axis + first.rank if axis < 0 else axis
+    if axis != first.axis:
+        effect = _out(node, first)
+        for i, name in enumerate(node.input):
+            if i not in layouts:
+                raise Refusal(f"Concat '{node.name}' stacks prunable channels with '{name}', whose are not")
+            if layouts[i] is not first:
+                effect.couplings.append((first, layouts[i]))
+        return effect
+    parts = []
+    for i, name in enumerate(node.input):
+        if i in layouts:
+            lay = layouts[i]
+            if lay.axis != axis or lay.block != first.block or lay.interleaved:
+                raise Refusal(f"Concat '{node.name}' joins channels laid out differently")
+            parts.append(lay)
+        else:
+            dims = _dims(idx, name)
+            if dims is None or dims[axis] is None:
+                raise Refusal(f"Concat '{node.name}' has an input of unknown width ('{name}')")
+            if dims[axis] % first.block:
+                raise Refusal(f"Concat '{node.name}' joins channels laid out differently")
+            parts.append(Layout(axis, first.rank, (opaque(dims[axis] // first.block),), first.block))
+    return _out(node, concat(parts, axis, first.rank))
+
+
+def _split(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    axis = attr(node, "axis", 0)
+    axis = axis + layout.rank if axis < 0 else axis
+    if axis != layout.axis:
+        return Effect(outputs={o: layout for o in node.output if o})
+    width = layout.positions * layout.block
+    sizes_name = None
+    if opset < 13:
+        sizes = attr(node, "split")
+    elif len(node.input) > 1 and node.input[1]:
+        sizes_name = node.input[1]
+        sizes = _const_ints(idx, node, sizes_name)
+    else:
+        sizes = None
+    if sizes is None:
+        count = len(node.output)
+        if width % count:
+            raise Refusal(f"Split '{node.name}' splits unevenly without explicit sizes")
+        sizes = [width // count] * count
+    if any(s % layout.block for s in sizes) or layout.interleaved:
+        raise Refusal(f"Split '{node.name}' cuts inside a channel's block")
+    outputs, start = {}, 0
+    out_layouts = []
+    for name, size in zip(node.output, sizes):
+        piece = cut(layout, start // layout.block, (start + size) // layout.block)
+        out_layouts.append(piece)
+        if name:
+            outputs[name] = piece
+        start += size
+    return Effect(outputs=outputs, sites=[AttrSite(node.name, "split", tuple(out_layouts), name=sizes_name)])
+
+
+def _resize(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    if layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' resizes a layout whose channel axis is not 1")
+    if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
+        raise Refusal(f"Resize '{node.name}' gives explicit output sizes, which include the channel count")
+    _constant_inputs(idx, node)
+    if node.op_type == "Upsample" and opset < 9:
+        scales = attr(node, "scales")
+    else:
+        at = 2 if (node.op_type == "Resize" and opset >= 11) else 1
+        scales = idx.array(node.input[at]).reshape(-1) if len(node.input) > at and node.input[at] else None
+    if scales is not None and len(scales) == layout.rank and scales[layout.axis] != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' rescales the channel axis")
+    return _out(node, layout)
+
+
+def _gather(idx, node, layouts, opset):
+    layout = _only_input0(node, layouts)
+    axis = attr(node, "axis", 0)
+    axis = axis + layout.rank if axis < 0 else axis
+    if axis == layout.axis or not idx.is_constant(node.input[1]):
+        raise Refusal(f"Gather '{node.name}' picks along the channel axis or with computed indices")
+    irank = np.asarray(idx.array(node.input[1])).ndim
+    new_axis = layout.axis if axis > layout.axis else layout.axis - 1 + irank
+    return _out(node, layout.with_axis(new_axis, layout.rank - 1 + irank))
+
+
+def depthwise_conv(idx: GraphIndex, node, layouts: dict) -> Effect | None:
+    """A depthwise Conv keeps channel identity: prune its filters and update `group`."""
+    layout = layouts.get(0)
+    group = attr(node, "group", 1)
+    if layout is None or group == 1 or set(layouts) != {0}:
+        return None
+    wshape = idx.shapes.get(node.input[1])
+    if not idx.is_constant(node.input[1]) or wshape is None:
+        raise Refusal(f"grouped Conv '{node.name}' has no constant weight")
+    channels = layout.positions
+    if not (group == channels and wshape[0] == channels and wshape[1] == 1) or layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"channels reach grouped Conv '{node.name}' (group={group}); only depthwise "
+                      "convolutions with one filter per channel are followed")
+    effect = _out(node, layout)
+    effect.sites = [ParamSite(node.input[1], 0, layout)]
+    if len(node.input) > 2 and node.input[2]:
+        if not idx.is_constant(node.input[2]):
+            raise Refusal(f"depthwise Conv '{node.name}' has a non-constant bias")
+        effect.sites.append(ParamSite(node.input[2], 0, layout))
+    effect.sites.append(AttrSite(node.name, "conv_group", (layout,)))
+    return effect
+
+
+_HANDLERS = {
+    "BatchNormalization": _normalization,
+    "InstanceNormalization": _normalization,
+    "LayerNormalization": _layer_norm,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Slice": _slice,
+    "Pad": _pad,
+    "Concat": _concat,
+    "Split": _split,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "Gather": _gather,
+    "Shape": _shape,
+}

@@ -1,0 +1,162 @@
+"""Conv / Gemm / MatMul in their two roles: producing prunable channels (a *source*) and
+consuming them (their input weights get refitted). A node can play both."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .index import GraphIndex, attr
+from .groups import ConvGeometry, Consumer, ParamSite, Producer
+from .layout import Layout, Segment
+from .oprules import Refusal
+
+MATMUL_LIKE = {"Conv", "Gemm", "MatMul"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A producer's output channels, before coupling with other sources."""
+
+    producer: Producer
+    output: str
+    channels: int
+    layout: Layout
+    sites: tuple
+
+
+def production(idx: GraphIndex, node) -> Source:
+    """Describe `node` as a source of prunable output channels, or raise Refusal."""
+    op, name = node.op_type, node.name
+    if len(node.input) < 2 or not idx.is_constant(node.input[1]):
+        raise Refusal(f"{op} '{name}' has no constant weight as its second input")
+    if idx.is_constant(node.input[0]):
+        raise Refusal(f"{op} '{name}' has a constant data input")
+    out = node.output[0]
+    rank = idx.rank(out)
+    if rank is None:
+        raise Refusal(f"{op} '{name}' has an output of unknown rank")
+    weight, wshape, bias = _weight_and_bias(idx, node)
+    if op == "Conv":
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}); its channels follow its input")
+        return _source(idx, Producer(name, op, weight, 0, bias), out, wshape[0], 1, rank)
+    if op == "Gemm":
+        trans_b = bool(attr(node, "transB", 0))
+        channels = wshape[0] if trans_b else wshape[1]
+        if bias is not None and not _row_vector(idx.shapes[bias], channels):
+            raise Refusal(f"Gemm '{name}' has a bias that is not one value per output column")
+        src = _source(idx, Producer(name, op, weight, 0 if trans_b else 1, bias), out, channels, 1, 2)
+        return src if bias is None or _per_channel(idx.shapes[bias], channels) else _drop_bias_site(src)
+    if len(wshape) != 2:
+        raise Refusal(f"MatMul '{name}' has a weight of rank {len(wshape)}, not 2")
+    bias, bias_node = matmul_bias(idx, node)
+    if bias_node is not None:
+        out = idx.nodes[bias_node].output[0]
+    src = _source(idx, Producer(name, op, weight, 1, bias, bias_node), out, wshape[1], rank - 1, rank)
+    return src if bias is None or _per_channel(idx.shapes[bias], wshape[1]) else _drop_bias_site(src)
+
+
+def _source(idx: GraphIndex, producer: Producer, output: str, channels: int, axis: int, rank: int) -> Source:
+    layout = Layout(axis, rank, (Segment(producer.node, 0, channels),))
+    sites = [ParamSite(producer.weight, producer.weight_axis, layout)]
+    if producer.bias is not None:
+        sites.append(ParamSite(producer.bias, len(idx.shapes[producer.bias]) - 1, layout))
+    return Source(producer, output, channels, layout, tuple(sites))
+
+
+def _per_channel(shape, n: int) -> bool:
+    """True when a row-vector bias holds one value per channel (not a shared scalar)."""
+    return bool(shape) and shape[-1] == n
+
+
+def _drop_bias_site(src: Source) -> Source:
+    """A scalar-like bias is shared by every channel: nothing to slice."""
+    return Source(src.producer, src.output, src.channels, src.layout, src.sites[:1])
+
+
+def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
+    """The Consumer for `node` reading channels laid out as `layout` on input `in_index`."""
+    op, name = node.op_type, node.name
+    if in_index != 0:
+        raise Refusal(f"channels enter {op} '{name}' as input {in_index} (the weight side)")
+    if len(node.input) < 2 or not idx.is_constant(node.input[1]):
+        raise Refusal(f"{op} '{name}' multiplies the channels with a non-constant operand")
+    weight, wshape, bias = _weight_and_bias(idx, node)
+    if op == "Conv":
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"channels reach grouped Conv '{name}' (group={attr(node, 'group')})")
+        if layout.axis != 1 or layout.block != 1:
+            raise Refusal(f"Conv '{name}' reads channels on axis 1, the channels are elsewhere")
+        spatial = len(wshape) - 2
+        geometry = ConvGeometry(
+            kernel=tuple(wshape[2:]),
+            strides=tuple(attr(node, "strides", [1] * spatial)),
+            pads=tuple(attr(node, "pads", [0] * (2 * spatial))),
+            dilations=tuple(attr(node, "dilations", [1] * spatial)),
+            auto_pad=_str(attr(node, "auto_pad", "NOTSET")),
+        )
+        return _checked(idx, Consumer(name, op, node.input[0], weight, 1, layout, bias=bias, conv=geometry))
+    if op == "Gemm":
+        trans_a, trans_b = bool(attr(node, "transA", 0)), bool(attr(node, "transB", 0))
+        if layout.rank != 2 or layout.axis != (0 if trans_a else 1):
+            raise Refusal(f"Gemm '{name}' contracts an axis that does not hold the channels")
+        outputs = wshape[0] if trans_b else wshape[1]
+        if bias is not None and not _row_vector(idx.shapes[bias], outputs):
+            raise Refusal(f"Gemm '{name}' has a bias that is not one value per output column")
+        return _checked(idx, Consumer(name, op, node.input[0], weight, 1 if trans_b else 0, layout, bias=bias,
+                                      trans_a=trans_a, trans_b=trans_b, alpha=float(attr(node, "alpha", 1.0)),
+                                      beta=float(attr(node, "beta", 1.0))))
+    if len(wshape) != 2:
+        raise Refusal(f"MatMul '{name}' has a weight of rank {len(wshape)}, not 2")
+    if layout.axis != layout.rank - 1:
+        raise Refusal(f"MatMul '{name}' contracts the last axis, the channels are on axis {layout.axis}")
+    bias, bias_node = matmul_bias(idx, node)
+    return _checked(idx, Consumer(name, op, node.input[0], weight, 0, layout, bias=bias, bias_node=bias_node))
+
+
+def _weight_and_bias(idx: GraphIndex, node):
+    """(weight name, weight shape, bias name or None); the bias must be a constant."""
+    weight = node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and not idx.is_constant(bias):
+        raise Refusal(f"{node.op_type} '{node.name}' has a non-constant bias '{bias}'")
+    return weight, idx.shapes[weight], bias
+
+
+def _checked(idx: GraphIndex, c: Consumer) -> Consumer:
+    width = idx.shapes[c.weight][c.weight_axis]
+    if width != c.layout.positions * c.layout.block:
+        raise Refusal(f"{c.op} '{c.node}' expects {width} input features, the channels give "
+                      f"{c.layout.positions}x{c.layout.block}")
+    return c
+
+
+def matmul_bias(idx: GraphIndex, node):
+    """(bias constant, Add node name) when the MatMul's only use is an Add of a [N] constant."""
+    out = node.output[0]
+    uses = idx.uses(out)
+    if len(uses) != 1 or out in idx.graph_outputs:
+        return None, None
+    add, _ = uses[0]
+    if add.op_type != "Add" or len(add.input) != 2:
+        return None, None
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    n = idx.shapes[node.input[1]][1]
+    if idx.is_constant(other) and _row_vector(idx.shapes[other], n) and len(idx.uses(other)) == 1:
+        return other, add.name
+    return None, None
+
+
+def _row_vector(shape, n: int) -> bool:
+    """True for shapes like [n], [1, n], [1] that add one value per output column."""
+    if not shape:
+        return True
+    return all(d == 1 for d in shape[:-1]) and shape[-1] in (1, n)
+
+
+def _str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def is_matmul_like(node) -> bool:
+    return node.op_type in MATMUL_LIKE and node.domain in ("", "ai.onnx")
+

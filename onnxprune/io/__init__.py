@@ -1,0 +1,1 @@
+"""Reading and writing: models (incl. over 2 GB), calibration arrays, atomic output files."""

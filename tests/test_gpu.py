@@ -1,41 +1,78 @@
-"""CuPy must give NumPy's answers. Skipped cleanly where CuPy or a GPU is missing."""
+"""CuPy must give NumPy's answers, and `--device auto` must use the GPU for both capture and
+math or for neither.
+
+Every test body runs twice: with NumPy on the CPU (always, so the bodies cannot rot on
+machines without a GPU) and with CuPy + onnxruntime's CUDA provider (skipped cleanly where
+either cannot load).
+"""
+import dataclasses
+
 import numpy as np
 import pytest
 from onnx import numpy_helper
 
 import builders as B
 from onnxprune import prune
+from onnxprune.capture import runtime
+from onnxprune.run import device as device_module
 from onnxprune.solve.xp import cupy_or_none
 
 cupy = cupy_or_none()
-pytestmark = pytest.mark.skipif(cupy is None, reason="needs CuPy and an NVIDIA GPU")
+BACKENDS = [
+    pytest.param("cpu", id="numpy"),
+    pytest.param("cuda", id="cupy", marks=pytest.mark.skipif(
+        cupy is None or not runtime.cuda_provider_usable(), reason="needs CuPy, onnxruntime's CUDA provider and an NVIDIA GPU")),
+]
 
 
-def test_greedy_and_least_squares_match_numpy():
+def on_device(p, xp):
+    """The problem with its arrays on the backend (every array field, by name)."""
+    return dataclasses.replace(p, **{f.name: xp.asarray(getattr(p, f.name)) for f in dataclasses.fields(p)
+                                     if isinstance(getattr(p, f.name), np.ndarray) and f.name != "members"})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_and_least_squares_match_numpy(backend):
     from test_select import correlated_data, make_problem
-    from onnxprune.solve.reweight import least_squares
     from onnxprune.solve.greedy import greedy_order
+    from onnxprune.solve.reweight import least_squares
 
+    xp = device_module.resolve(backend).xp
     b = correlated_data(300, 12, 3, seed=2)
     w = np.random.default_rng(3).standard_normal((37, 5))
     p_np = make_problem(b, w, block=3)
-    p_cp = type(p_np)(*(cupy.asarray(v) if isinstance(v, np.ndarray) else v for v in
-                        (p_np.gram, p_np.h, p_np.weight, p_np.target, p_np.block, p_np.channels)))
+    p_dev = on_device(p_np, xp)
+    assert all(type(getattr(p_dev, n)) is type(xp.asarray(np.zeros(1))) for n in ("gram", "h", "weight"))
     order_np, err_np = greedy_order([p_np], 6, np)
-    order_cp, err_cp = greedy_order([p_cp], 6, cupy)
-    assert order_np == order_cp
-    np.testing.assert_allclose(err_cp, err_np, rtol=1e-9)
+    order_dev, err_dev = greedy_order([p_dev], 6, xp)
+    assert order_np == order_dev
+    np.testing.assert_allclose(err_dev, err_np, rtol=1e-9)
     kept = np.sort(order_np)
-    np.testing.assert_allclose(least_squares(p_cp, kept, 1e-6, cupy), least_squares(p_np, kept, 1e-6, np),
+    got = least_squares(p_dev, kept, 1e-6, xp)
+    np.testing.assert_allclose(got.get() if hasattr(got, "get") else got, least_squares(p_np, kept, 1e-6, np),
                                rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["layer", "asym"])
-def test_whole_prune_matches_cpu(mode):
+def test_whole_prune_matches_cpu(backend, mode):
     model = B.cnn()
     data = B.random_inputs(model, 64)
-    gpu, rg = prune(model, data, keep=0.5, mode=mode, device="auto")
+    dev, rd = prune(model, data, keep=0.5, mode=mode, device=backend)
     cpu, rc = prune(model, data, keep=0.5, mode=mode, device="cpu")
-    assert [g["kept"] for g in rg.groups] == [g["kept"] for g in rc.groups]
-    for a, b in zip(gpu.graph.initializer, cpu.graph.initializer):
+    assert rd.device == backend
+    assert [g["kept"] for g in rd.groups] == [g["kept"] for g in rc.groups]
+    for a, b in zip(dev.graph.initializer, cpu.graph.initializer):
         np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("provider,has_cupy,expected", [
+    (True, True, "cuda"), (True, False, "cpu"), (False, True, "cpu"), (False, False, "cpu")])
+def test_auto_uses_the_gpu_for_both_or_neither(monkeypatch, provider, has_cupy, expected):
+    monkeypatch.setattr(runtime, "cuda_provider_usable", lambda: provider)
+    fake = type("FakeCuPy", (), {})()
+    monkeypatch.setattr(device_module, "cupy_or_none", lambda: fake if has_cupy else None)
+    monkeypatch.setattr(device_module, "array_module", lambda name: fake if name == "cuda" else np)
+    chosen = device_module.resolve("auto")
+    assert chosen.name == expected
+    assert (chosen.xp is fake) == (expected == "cuda")

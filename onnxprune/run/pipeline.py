@@ -36,9 +36,9 @@ from .runner import GroupPruner, group_rng
 from .report import Report
 from ..solve.reweight import DEFAULT_RIDGE
 from ..solve.greedy import METHODS, Selection, greedy_order
+from .device import resolve as resolve_device
 from .verify import check, output_fidelity
 from ..rewrite.weights import consumer_matrix
-from ..solve.xp import array_module
 
 MODES = ("layer", "seq", "asym")
 VERIFY_SAMPLES = 256
@@ -173,8 +173,8 @@ class Workspace:
             if self.calibration is not None:
                 self.calibration = self.calibration.head(self.calibration.samples - self.calibration.samples % batch)
             self.batch_size = batch
-        self.device = runtime.resolve_device(opts.device)
-        self.xp = array_module(self.device if opts.device != "auto" else "auto")
+        device = resolve_device(opts.device)
+        self.device, self.xp = device.name, device.xp
         self.reference = runtime.session(model, self.device)   # fails now if onnxruntime cannot run the model
         self.stats: dict = {}           # consumer node -> ConsumerStats of the original model
         self.sensitivity: dict = {}     # group -> sampling sensitivities on the original model

@@ -269,6 +269,7 @@ def test_jsonl_pairs_a_map_a_dynamic_length_and_int32(tmp_path, tokenizer_file):
     ("length_clash", "fixed sequence length of 8; --max-length 16 disagrees"),
     ("no_field", "has no field 'text'"),
     ("too_few", "has 5 texts, fewer than --samples 9"),
+    ("binary", "t.txt is not UTF-8 text"),
 ])
 def test_bad_text_inputs_are_one_line_errors(tmp_path, tokenizer_file, case, match):
     texts = tmp_path / "t.txt"
@@ -296,6 +297,8 @@ def test_bad_text_inputs_are_one_line_errors(tmp_path, tokenizer_file, case, mat
         texts.write_text('{"sentence": "hello"}\n')
     elif case == "too_few":
         samples = 9
+    elif case == "binary":
+        texts.write_bytes(b"hello\n\xff\xfe\x00binary\n")
     with pytest.raises(OnnxPruneError, match=match) as e:
         text_calibration(texts, specs, samples, **kwargs)
     one_line(e)
@@ -479,6 +482,18 @@ def test_feeds_are_streamed_to_disk_not_held(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert peak < 20 * row.nbytes and calib.samples == 300
     np.testing.assert_array_equal(np.asarray(calib.arrays["input"][299:300]), row * 299)
+
+
+def test_too_little_temporary_space_is_said_before_decoding(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    write_gray_pngs(tmp_path, 3)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(OnnxPruneError, match="512 decoded samples of images need 2 MiB in .*point TMPDIR") as e:
+        images_calibration(tmp_path, MNIST_SPECS, None, preset="0-1")
+    one_line(e)
 
 
 def test_the_temporary_rows_are_removed_with_the_last_array():

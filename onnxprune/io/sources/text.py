@@ -172,7 +172,7 @@ def _chunks(path: Path, fields, limit: int):
     """Lists of at most BATCH texts (or pairs), the first `limit` in the file."""
     chunk, seen = [], 0
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in _lines(fh, path):
             if seen >= limit:
                 break
             if not line.strip():
@@ -185,6 +185,13 @@ def _chunks(path: Path, fields, limit: int):
                 chunk = []
     if chunk:
         yield chunk
+
+
+def _lines(fh, path: Path):
+    try:
+        yield from enumerate(fh, 1)
+    except UnicodeDecodeError:
+        raise OnnxPruneError(f"{path} is not UTF-8 text; give a UTF-8 text or .jsonl file") from None
 
 
 def _record(line: str, fields: tuple, path: Path, lineno: int):

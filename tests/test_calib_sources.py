@@ -304,6 +304,33 @@ def test_bad_text_inputs_are_one_line_errors(tmp_path, tokenizer_file, case, mat
     one_line(e)
 
 
+def tiny_text_model():
+    """Embedding (Gather on input_ids) -> FFN, output masked by attention_mask."""
+    import builders as B
+    from onnx import TensorProto
+
+    b = B.GraphBuilder(4)
+    ids = b.input("input_ids", ["N", 8], elem=TensorProto.INT64)
+    b.input("attention_mask", ["N", 8], elem=TensorProto.INT64)
+    x = b.node("Gather", [b.const(b.randn(len(VOCAB), 6)), ids])
+    y = b.matmul(b.relu(b.matmul(x, 6, 10, name="up")), 10, 6, name="down")
+    b.output(b.node("Mul", [y, b.node("Cast", [b.node("Unsqueeze", ["attention_mask", b.const(np.array([2]))])],
+                                      to=1)]))
+    return b.model()
+
+
+def test_text_calibration_prunes_with_its_attention_mask_as_the_row_mask(tmp_path, tokenizer_file):
+    model = tiny_text_model()
+    words = [w for w in VOCAB if not w.startswith("[") and not w.startswith("#")]
+    rng = np.random.default_rng(5)
+    lines = [" ".join(rng.choice(words, rng.integers(1, 7))) for _ in range(40)]
+    (tmp_path / "t.txt").write_text("\n".join(lines))
+    calib = text_calibration(tmp_path / "t.txt", input_specs(model), None, tokenizer_path=tokenizer_file)
+    assert calib.samples == 40 and calib.row_mask == "attention_mask"
+    _, report = prune(model, calib, keep=0.5, row_mask=calib.row_mask)
+    assert report.calibration["masked_consumers"] == ["down"]
+
+
 def test_missing_tokenizers_names_the_extra(tmp_path, tokenizer_file, monkeypatch):
     (tmp_path / "t.txt").write_text("hello\n")
     monkeypatch.setitem(sys.modules, "tokenizers", None)

@@ -124,6 +124,9 @@ def test_explicit_size_mean_and_std_and_a_dynamic_input(tmp_path):
     calib = images_calibration(tmp_path, specs, None, size=10, preset="0-255", mean=(1, 2, 3), std=2)
     want = (a.astype(np.float64) - [1, 2, 3]) / 2
     np.testing.assert_allclose(arrays(calib)["x"][0], want.transpose(2, 0, 1), atol=1e-5)
+    half = images_calibration(tmp_path, specs, None, size=(10, 10), mean=0.5)     # ImageNet std kept
+    want = (a / 255 - 0.5) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(arrays(half)["x"][0], want.transpose(2, 0, 1), atol=1e-5)
 
 
 def test_strict_refuses_what_is_otherwise_skipped(tmp_path):
@@ -518,7 +521,7 @@ def test_too_little_temporary_space_is_said_before_decoding(tmp_path, monkeypatc
     write_gray_pngs(tmp_path, 3)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
-    with pytest.raises(OnnxPruneError, match="512 decoded samples of images need 2 MiB in .*point TMPDIR") as e:
+    with pytest.raises(OnnxPruneError, match="3 decoded samples of images need 9.2 KiB in .*which has 1000 bytes free; .*point TMPDIR") as e:
         images_calibration(tmp_path, MNIST_SPECS, None, preset="0-1")
     one_line(e)
 

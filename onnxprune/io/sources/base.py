@@ -98,6 +98,13 @@ class SpooledArray(StoredArray):
                             dtype, folder=self.folder)
 
 
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
 class Spool:
     """Rows of each model input appended to raw files; `arrays()` gives SpooledArrays over them.
 
@@ -125,8 +132,8 @@ class Spool:
         free = shutil.disk_usage(self.folder.path).free
         if need > free:
             self.abort()
-            raise OnnxPruneError(f"{self.limit} decoded samples of {self.what} need {need / 2**20:.0f} MiB in "
-                                 f"{self.folder.path.parent}, which has {free / 2**20:.0f} MiB free; "
+            raise OnnxPruneError(f"{self.limit} decoded samples of {self.what} need {_size(need)} in "
+                                 f"{self.folder.path.parent}, which has {_size(free)} free; "
                                  "free some space, point TMPDIR elsewhere or pass fewer --samples")
 
     @property

@@ -51,7 +51,7 @@ def images_calibration(path_or_glob, specs: list, samples: int | None, *, size=N
     limit = sample_limit(samples)
     row = (channels, height, width) if layout == "NCHW" else (height, width, channels)
     skipped = []
-    with Spool({spec.name: (row, spec.dtype)}, limit, "images") as spool:
+    with Spool({spec.name: (row, spec.dtype)}, min(limit, len(files)), "images") as spool:
         for path in files:
             if spool.full:
                 break
@@ -142,12 +142,13 @@ def _normalisation(preset, mean, std, channels, channel_order):
     """(scale, offset) per channel so that x_model = pixel * scale + offset."""
     scale = {"imagenet": 1 / 255, "0-1": 1 / 255, "0-255": 1.0, "-1-1": 1 / 127.5}[preset]
     base = -1.0 if preset == "-1-1" else 0.0
-    if preset == "imagenet" and mean is None and std is None:
+    if preset == "imagenet" and (mean is None or std is None):     # each replaceable on its own
         if channels != 3:
             raise OnnxPruneError("the imagenet preset has a mean and std for 3 colour channels; this input has "
                                  "1 channel: pick another preset (0-1, 0-255, -1-1) or give the mean and std")
         order = slice(None) if channel_order == "RGB" else slice(None, None, -1)
-        mean, std = np.array(IMAGENET_MEAN)[order], np.array(IMAGENET_STD)[order]
+        mean = np.array(IMAGENET_MEAN)[order] if mean is None else mean
+        std = np.array(IMAGENET_STD)[order] if std is None else std
     mean = _per_channel("mean", 0.0 if mean is None else mean, channels)
     std = _per_channel("std", 1.0 if std is None else std, channels)
     if np.any(std == 0):

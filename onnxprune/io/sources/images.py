@@ -205,16 +205,17 @@ def fit(im, size: tuple, resize: str):
     (torchvision's Resize + CenterCrop for a square size)."""
     from PIL import Image
 
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
     height, width = size
     if resize == "exact":
-        return im.resize((width, height), Image.BILINEAR) if im.size != (width, height) else im
+        return im.resize((width, height), bilinear) if im.size != (width, height) else im
     w, h = im.size
     if height * w >= width * h:         # the height limits: it becomes `height`
         new_w, new_h = max(width, int(height * w / h)), height
     else:
         new_w, new_h = width, max(height, int(width * h / w))
     if (new_w, new_h) != (w, h):
-        im = im.resize((new_w, new_h), Image.BILINEAR)
+        im = im.resize((new_w, new_h), bilinear)
     top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
     return im.crop((left, top, left + width, top + height))
 

@@ -499,6 +499,40 @@ def test_decoding_holds_one_image_at_a_time(tmp_path, monkeypatch):
     assert peak < 12 * one_image, f"peak {peak} bytes for 150 images of {one_image} bytes"
 
 
+def test_prune_reads_image_rows_a_batch_at_a_time(tmp_path, monkeypatch):
+    """In the style of test_robust_memory: the decoded images are read back one batch at a time."""
+    import builders as B
+    from onnxprune.io.npyfile import StoredArray
+
+    rng = np.random.default_rng(4)
+    for i in range(70):
+        Image.fromarray(rng.integers(0, 256, (8 + i % 5, 8 + i % 3, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    model = B.cnn()
+    calib = images_calibration(tmp_path, input_specs(model), None)
+    monkeypatch.setattr(npyfile, "SCAN_BYTES", 16 * 3 * 8 * 8 * 4)
+    reads, original = [], StoredArray.read
+
+    def counting(self):
+        reads.append(len(self))
+        return original(self)
+    monkeypatch.setattr(StoredArray, "read", counting)
+    _, report = prune(model, calib, keep=0.5, batch_size=16)
+    assert report.calibration["samples"] == 70
+    assert reads and max(reads) <= 16 and sum(reads) >= 2 * 70      # the check scan and capture, in batches
+
+
+def test_jpeg_and_webp_decode_like_pillow(tmp_path):
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(a).save(tmp_path / "b.webp", quality=90)
+    specs = [InputSpec("x", np.dtype(np.float32), (None, 12, 12, 3))]
+    calib = images_calibration(tmp_path, specs, None, preset="0-255")
+    want = np.stack([np.asarray(Image.open(tmp_path / n).convert("RGB")) for n in ("a.jpg", "b.webp")])
+    np.testing.assert_array_equal(arrays(calib)["x"], want.astype(np.float32))
+    assert calib.skipped == 0 and calib.info["layout"] == "NHWC"
+
+
 def test_feeds_are_streamed_to_disk_not_held(tmp_path, monkeypatch):
     import tracemalloc
 

@@ -1,9 +1,10 @@
-"""Export six small, realistically structured PyTorch models as ONNX test fixtures.
+"""Export eight small, realistically structured PyTorch models as ONNX test fixtures.
 
 How to run (from the repository root)::
 
     pip install torch==2.13.0 onnx onnxruntime
-    python tools/make_fixtures.py
+    python tools/make_fixtures.py                       # all of them
+    python tools/make_fixtures.py --only yolo_c2f       # just these (the others untouched)
 
 Pin torch exactly (``torch==2.13.0``): an unpinned ``pip install torch`` pulls gigabytes of
 CUDA packages. torch is used only by this script, never by the ``onnxprune`` package or its
@@ -46,6 +47,27 @@ so that older onnxruntime releases load the files). Written to ``tests/fixtures/
     tf2onnx-style NHWC flatten: conv 3->8 3x3 pad 1 + ReLU, ``permute(0,2,3,1)`` and
     ``reshape(N, -1)`` (columns ordered h, w, c), Linear 512->32 + ReLU, Linear 32->10.
     Input ``input`` [N,3,8,8].
+``yolo_c2f.onnx``
+    YOLOv8-style detector piece (ultralytics ``Conv`` = Conv + BN + SiLU): stem 3->16 s2,
+    conv 16->32 s2, C2f (cv1 1x1 32->32, ``split((16, 16), 1)``, a Bottleneck of two 3x3
+    convs with a residual Add on the second half, Concat of the halves and the Bottleneck
+    output, cv2 1x1 48->32), conv s2, a second such C2f, SPPF (1x1 32->16, MaxPool 5 s1 x3,
+    Concat, 1x1 64->32), a neck-style C2f without the shortcut, and a decoupled head (box:
+    3x3 32->16, 3x3 16->16, 1x1 ->16; cls: the same, 1x1 ->8), concatenated into ``logits``
+    [N,24,4,4]. Input ``input`` [N,3,32,32]. The exporter writes the three Splits' sizes as
+    one shared ``Constant`` node; it is turned into one shared int64 initializer (and any
+    identical int64 initializers merged), as ultralytics exports after onnxslim carry it, and
+    the script checks that three Splits read it.
+``mobilenetv3_se.onnx``
+    MobileNetV3-small-style: stem conv 3->16 s2 + hardswish, five inverted residual blocks
+    (torchvision's config narrowed: 16/16/16 k3 SE ReLU s2 without the expand conv,
+    16/48/24 k3 ReLU s2, 24/64/24 k3 ReLU s1, 24/96/32 k5 SE hardswish s2, 32/128/32 k5 SE
+    hardswish s1; residual Add when stride 1 and in == out), squeeze-excitation
+    ``x * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(x)))))``, 1x1 conv 32->96 + hardswish,
+    GAP, Flatten, Linear 96->128, hardswish, Linear 128->10. Input ``input`` [N,3,32,32].
+    Also written as ``mobilenetv3_se_dimneg.onnx``: the same file with every graph input and
+    output batch dim stored as ``dim_value: -1`` instead of ``dim_param`` (as paddle2onnx
+    writes it); it uses ``mobilenetv3_se_calib.npz``.
 
 and for each ``<name>_calib.npz``: one float32 / int64 array per model input (float inputs
 N(0,1); 32 samples for the 3x32x32 image models, whose 64-sample files would be ~730 KB
@@ -53,8 +75,15 @@ even compressed, 64 for the others). Every output is named ``logits``.
 
 Each model is checked with ``onnx.checker.check_model(full_check=True)`` and run with
 onnxruntime (CPU) on its calibration data, on a few other batch sizes (and for the token
-models a shorter sequence length), against PyTorch (max abs diff < 1e-4). The script prints
-file sizes, parameter counts and the op-type counts of every graph.
+models a shorter sequence length), against PyTorch (max abs diff < 1e-4), and so is every
+``<name>_*.onnx`` variant. The script prints file sizes, parameter counts and the op-type
+counts of every graph.
+
+Byte-identical reruns hold on the same kind of CPU: the exporter's BatchNorm folding rounds
+the last bit of a few folded weights differently on different x86 CPUs (on an AMD EPYC host
+``resnet_proj``, ``mobilenetv2`` and ``densenet`` came out 1 ULP off the committed files, the
+calibration files and the BN-free models identical). Use ``--only`` to regenerate just the
+fixtures you changed.
 """
 
 from __future__ import annotations
@@ -370,6 +399,235 @@ class NHWCFlatten(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. YOLOv8-style detector piece (C2f, SPPF, decoupled head)
+
+
+class ConvBNSiLU(nn.Module):
+    """ultralytics ``Conv``: Conv (no bias) + BN + SiLU (exported as Sigmoid + Mul, BN folded)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.bn(self.conv(x)))
+
+
+class YoloBottleneck(nn.Module):
+    def __init__(self, c: int, shortcut: bool) -> None:
+        super().__init__()
+        self.cv1 = ConvBNSiLU(c, c, 3)
+        self.cv2 = ConvBNSiLU(c, c, 3)
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """ultralytics C2f: cv1 -> split in halves -> n bottlenecks on the second half -> Concat -> cv2."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = True) -> None:
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = ConvBNSiLU(cin, 2 * self.c, 1)
+        self.cv2 = ConvBNSiLU((2 + n) * self.c, cout, 1)
+        self.m = nn.ModuleList(YoloBottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ultralytics C2f.forward_split; .chunk(2, 1) exports as Shape/Gather/Slice with a
+        # dynamic batch, .split((c, c), 1) as Split with a sizes initializer
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int = 5) -> None:
+        super().__init__()
+        c = cin // 2
+        self.cv1 = ConvBNSiLU(cin, c, 1)
+        self.cv2 = ConvBNSiLU(4 * c, cout, 1)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloC2f(nn.Module):
+    """Stem, two backbone C2f (residual Bottleneck), SPPF, a neck-style C2f without shortcut
+    (as YOLOv8's neck), decoupled head. The three C2f are 32 wide: three Splits into [16, 16].
+
+    The residual Add pairs the second half of cv1 with the Bottleneck output, which analysis
+    refuses; the neck C2f's cv1 is prunable *through* its Split, so pruning rewrites the split
+    sizes that the other two Splits share.
+    """
+
+    def __init__(self, box: int = 16, classes: int = 8, head: int = 16) -> None:
+        super().__init__()
+        self.stem = ConvBNSiLU(3, 16, 3, 2)           # 32 -> 16
+        self.down1 = ConvBNSiLU(16, 32, 3, 2)         # 16 -> 8
+        self.c2f1 = C2f(32, 32)
+        self.down2 = ConvBNSiLU(32, 32, 3, 2)         # 8 -> 4
+        self.c2f2 = C2f(32, 32)
+        self.sppf = SPPF(32, 32)
+        self.c2f3 = C2f(32, 32, shortcut=False)
+        self.box = nn.Sequential(ConvBNSiLU(32, head, 3), ConvBNSiLU(head, head, 3), nn.Conv2d(head, box, 1))
+        self.cls = nn.Sequential(ConvBNSiLU(32, head, 3), ConvBNSiLU(head, head, 3), nn.Conv2d(head, classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c2f1(self.down1(self.stem(x)))
+        x = self.c2f3(self.sppf(self.c2f2(self.down2(x))))
+        return torch.cat([self.box(x), self.cls(x)], 1)
+
+
+def share_int64_initializers(m: onnx.ModelProto) -> int:
+    """Point every node input at one of each set of identical int64 initializers (as real
+    exports do: the exporter may keep one split-sizes constant per Split); returns how many
+    duplicates were dropped."""
+    keep, rename = {}, {}
+    for t in m.graph.initializer:
+        if t.data_type == onnx.TensorProto.INT64:
+            key = (tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes())
+            if key in keep:
+                rename[t.name] = keep[key]
+            else:
+                keep[key] = t.name
+    if rename:
+        for node in m.graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+        kept = [t for t in m.graph.initializer if t.name not in rename]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(kept)
+    return len(rename)
+
+
+def shared_split_sizes(m: onnx.ModelProto) -> dict:
+    """split-sizes input name -> the Split nodes reading it."""
+    out = {}
+    for n in m.graph.node:
+        if n.op_type == "Split" and len(n.input) > 1 and n.input[1]:
+            out.setdefault(n.input[1], []).append(n.name)
+    return out
+
+
+def constants_to_initializers(m: onnx.ModelProto) -> int:
+    """Turn `Constant` nodes (tensor `value`) into initializers, as constant-folded exports and
+    onnxsim / onnxslim leave them; returns how many."""
+    keep, moved = [], 0
+    for node in m.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and list(attrs) == ["value"]:
+            t = onnx.TensorProto()
+            t.CopyFrom(attrs["value"].t)
+            t.name = node.output[0]
+            m.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+    return moved
+
+
+def yolo_postprocess(m: onnx.ModelProto, path: Path) -> None:
+    # the TorchScript exporter shares one `Constant` node [16, 16] between the three Splits;
+    # real exports (ultralytics, after onnxslim) carry it as one shared initializer
+    if constants_to_initializers(m) + share_int64_initializers(m):
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, str(path))
+    users = shared_split_sizes(m)
+    assert any(len(v) >= 3 for v in users.values()), f"no split-sizes initializer shared by 3 Splits: {users}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. MobileNetV3-small-style classifier (squeeze-excitation, hardswish)
+
+
+class SqueezeExcite(nn.Module):
+    """x * HardSigmoid(Conv(Relu(Conv(GlobalAveragePool(x)))))"""
+
+    def __init__(self, c: int, squeeze: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(F.relu(self.fc1(self.pool(x))))
+        return x * F.hardsigmoid(s)
+
+
+class V3Block(nn.Module):
+    """Inverted residual: [1x1 expand + BN + act], depthwise kxk + BN + act, [SE], 1x1 + BN."""
+
+    def __init__(self, cin: int, exp: int, cout: int, k: int, se: bool, hs: bool, stride: int) -> None:
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False), nn.BatchNorm2d(exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, max(8, exp // 4)))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.use_res else y
+
+
+class MobileNetV3SE(nn.Module):
+    # cin, expanded, cout, kernel, SE, hardswish, stride (torchvision mobilenet_v3_small, narrowed)
+    CONFIG = (
+        (16, 16, 16, 3, True, False, 2),
+        (16, 48, 24, 3, False, False, 2),
+        (24, 64, 24, 3, False, False, 1),
+        (24, 96, 32, 5, True, True, 2),
+        (32, 128, 32, 5, True, True, 1),
+    )
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.blocks = nn.Sequential(*(V3Block(*c) for c in self.CONFIG))
+        self.last = nn.Sequential(nn.Conv2d(32, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.last(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+def batch_dim_minus_one(m: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph input/output batch dims are ``dim_value: -1`` (as paddle2onnx writes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for v in list(out.graph.input) + list(out.graph.output):
+        d = v.type.tensor_type.shape.dim[0]
+        d.ClearField("dim_param")
+        d.dim_value = -1
+    return out
+
+
+def mobilenetv3_postprocess(m: onnx.ModelProto, path: Path) -> None:
+    dimneg = batch_dim_minus_one(m)
+    onnx.checker.check_model(dimneg)
+    onnx.save(dimneg, str(path.with_name(path.stem + "_dimneg.onnx")))
+
+
+# ---------------------------------------------------------------------------------------------
 # calibration data
 
 
@@ -414,8 +672,10 @@ class Fixture:
         build: Callable[[], nn.Module],
         calib: Callable[[], dict[str, np.ndarray]],
         dynamic: dict[str, dict[int, str]],
+        post: Callable[[onnx.ModelProto, Path], None] | None = None,
     ) -> None:
         self.name, self.build, self.calib, self.dynamic = name, build, calib, dynamic
+        self.post = post          # after export: may rewrite the file or write variants
 
 
 IMAGE_DYN = {"input": {0: "batch"}}
@@ -434,6 +694,9 @@ FIXTURES = [
     ),
     Fixture("swiglu_mlp", SwiGLUMLP, lambda: token_vec_calib(5), {"x": TOKEN_DYN}),
     Fixture("nhwc_flatten", NHWCFlatten, lambda: image_calib(6, CALIB_N, (3, 8, 8)), IMAGE_DYN),
+    Fixture("yolo_c2f", YoloC2f, lambda: image_calib(7, IMAGE_CALIB_N, IMAGE), IMAGE_DYN, yolo_postprocess),
+    Fixture("mobilenetv3_se", MobileNetV3SE, lambda: image_calib(8, IMAGE_CALIB_N, IMAGE), IMAGE_DYN,
+            mobilenetv3_postprocess),
 ]
 
 
@@ -480,6 +743,8 @@ def describe_nhwc(m: onnx.ModelProto) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    ap.add_argument("--only", nargs="+", choices=[fx.name for fx in FIXTURES], metavar="NAME",
+                    help="regenerate only these fixtures (default: all)")
     args = ap.parse_args()
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -487,6 +752,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
 
     for fx in FIXTURES:
+        if args.only and fx.name not in args.only:
+            continue
         torch.manual_seed(0)
         model = fx.build()
         randomize_norms(model)
@@ -494,11 +761,16 @@ def main() -> None:
         data = fx.calib()
         path = out / f"{fx.name}.onnx"
         m = export(model, data, fx.dynamic, path)
+        if fx.post is not None:
+            fx.post(m, path)
         calib_path = out / f"{fx.name}_calib.npz"
         save_npz(calib_path, data)
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        diff = verify(model, sess, data, fx.dynamic)
+        variants = [path] + sorted(out.glob(f"{fx.name}_*.onnx"))
+        diff = 0.0
+        for p in variants:
+            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            diff = max(diff, verify(model, sess, data, fx.dynamic))
         assert diff < TOL, f"{fx.name}: onnxruntime vs torch max abs diff {diff}"
 
         n_params = sum(p.numel() for p in model.parameters())
@@ -514,6 +786,12 @@ def main() -> None:
         print(f"  ops ({len(m.graph.node)}): {dict(sorted(ops.items()))}")
         if fx.name == "nhwc_flatten":
             print(f"  {describe_nhwc(m)}")
+        inits = {t.name: t for t in m.graph.initializer}
+        for sizes, users in shared_split_sizes(m).items():
+            value = onnx.numpy_helper.to_array(inits[sizes]).tolist() if sizes in inits else "(not an initializer)"
+            print(f"  Split sizes {sizes} {value} read by {len(users)} Splits")
+        for p in variants[1:]:
+            print(f"  variant {p.name}: {p.stat().st_size:,} bytes")
 
     print("\nsha256:")
     for p in sorted(out.glob("*")):

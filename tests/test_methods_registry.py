@@ -3,6 +3,7 @@ never pulls in onnxruntime or onnx_graphsurgeon, budget/ never imports run/, and
 cycle appears (checked on the source, since importing any onnxprune module runs the package
 __init__, which imports everything)."""
 import ast
+import functools
 from pathlib import Path
 
 import click
@@ -36,6 +37,7 @@ def _imports(path: Path) -> set:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _graph() -> dict:
     graph = {}
     for path in PACKAGE.rglob("*.py"):

@@ -17,13 +17,13 @@ from .io.atomic import Staged
 from .errors import NothingToPrune, OnnxPruneError
 from .run.evaluate import evaluate, load_eval_data
 from .graph.index import GraphIndex
+from .methods import METHODS
 from .methods.importance import DRAWS
 from .io.modelio import load_model, validate_output_path
 from .run.pipeline import MODES, prune as prune_model
 from .progress import StderrProgress
 from .solve.reweight import DEFAULT_RIDGE
 from .capture.runtime import resolve_device
-from .solve.greedy import METHODS
 from .run.sweep import plot_available, sweep as run_sweep
 
 EXIT_NOTHING_TO_PRUNE = 3

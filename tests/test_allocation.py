@@ -8,9 +8,11 @@ from onnxprune import OnnxPruneError, prune
 from onnxprune import analyze
 from onnxprune.budget.allocation import Rules, Target, error_counts, keep_counts, ranking_counts, uniform_counts
 from onnxprune.budget.cost import flops_after, params_after
-from onnxprune.budget.curves import local_curves, output_curves
+from onnxprune.budget.curves import local_curves
 from onnxprune.graph.index import GraphIndex
-from onnxprune.run.pipeline import PruneOptions, Workspace, _Clock
+from onnxprune.run.allocate import error_curves
+from onnxprune.run.clock import Clock
+from onnxprune.run.pipeline import PruneOptions, Workspace
 
 
 def wide_cnn(seed=0):
@@ -171,7 +173,7 @@ def test_error_curves_are_the_greedy_errors_and_end_at_zero():
     model = wide_cnn()
     data = B.random_inputs(model, 64)
     ws = Workspace(model, data, PruneOptions(compression=2.0, mode="layer"))
-    curves = local_curves(ws, Rules(), _Clock())
+    curves = local_curves(ws.cache, Rules(), Clock())
     for g in ws.groups:
         c = curves[g.name]
         assert c.shape == (g.channels + 1,) and c[-1] == pytest.approx(0.0, abs=1e-8)
@@ -223,8 +225,8 @@ def test_output_curves_scale_the_local_curve_by_the_groups_share_of_the_output()
     data = B.random_inputs(model, 100)
     opts = PruneOptions(compression=1.2)
     ws = Workspace(model, data, opts)
-    local = local_curves(ws, Rules(), _Clock())["fc1"]
-    predicted = output_curves(ws, opts, _Clock())["fc1"]
+    local = local_curves(ws.cache, Rules(), Clock())["fc1"]
+    predicted = error_curves(ws.session, ws.cache, opts, Clock())["fc1"]
     from onnxprune.capture.stream import submodel
 
     y, branch_out = B.run(submodel(model, ["y", branch]), data)

@@ -12,11 +12,11 @@ from onnxprune.capture.features import canonical_order, design_rows
 from onnxprune.graph.index import GraphIndex
 from onnxprune.graph.layout import Alive
 from onnxprune.methods import coreset, importance
+from onnxprune.methods.base import SelectContext, group_rng
 from onnxprune.methods.random_global import random_scores
 from onnxprune.methods.sampling import SensitivityAccumulator
 from onnxprune.solve.problem import ChannelView
-from onnxprune.run.runner import group_rng
-from onnxprune.solve.greedy import select
+from onnxprune.methods import select
 from onnxprune.rewrite.weights import consumer_matrix
 
 
@@ -274,9 +274,9 @@ def test_random_global_keeps_the_top_of_one_ranking_across_groups():
 
 
 def test_select_dispatches_the_new_methods():
-    s = select("coreset", 2, 4, sensitivity=np.array([1.0, 0, 0, 2.0]), rng=np.random.default_rng(0))
+    s = select("sampling", 2, SelectContext(4, observed=np.array([1.0, 0, 0, 2.0]), rng=np.random.default_rng(0)))
     assert list(s.kept) == [0, 3] and np.allclose(s.scales, 1.0)
-    r = select("random-global", 2, 5, rng=np.random.default_rng(9))
+    r = select("random-global", 2, SelectContext(5, rng=np.random.default_rng(9)))
     expected = np.sort(np.argsort(-np.random.default_rng(9).random(5))[:2])
     assert list(r.kept) == list(expected) and r.scales is None
 

@@ -8,7 +8,9 @@ from onnxprune.graph.groups import Consumer, channel_indices
 from onnxprune.graph.layout import Alive, Layout, Segment
 from onnxprune.solve.problem import ChannelView, Problem
 from onnxprune.solve.reweight import least_squares
-from onnxprune.solve.greedy import greedy_order, select
+from onnxprune.methods import select
+from onnxprune.methods.base import SelectContext
+from onnxprune.solve.greedy import greedy_order
 from onnxprune.capture.stats import ConsumerStats
 
 
@@ -108,7 +110,7 @@ def test_greedy_beats_weight_norm_and_random_after_reweighting():
     p = make_problem(b, w)
     errors = {}
     for method in ("greedy", "weight-norm", "random"):
-        sel = select(method, 8, 24, problems=[p], weights=[w[:-1]], xp=np, rng=np.random.default_rng(0))
+        sel = select(method, 8, SelectContext(24, problems=[p], rows=[w[:-1]], rng=np.random.default_rng(0)))
         errors[method] = p.error(sel.kept, least_squares(p, sel.kept, 0.0, np), np)
     assert errors["greedy"] <= errors["weight-norm"]
     assert errors["greedy"] <= errors["random"]
@@ -129,18 +131,18 @@ def test_duplicate_zero_and_constant_channels_are_never_worth_a_pick():
 
 def test_weight_norm_keeps_largest_outgoing_l1():
     w = np.array([[1, 1], [5, 0], [0, 0.5], [3, 3]], dtype=float)
-    sel = select("weight-norm", 2, 4, weights=[w], xp=np)
+    sel = select("weight-norm", 2, SelectContext(4, rows=[w]))
     assert list(sel.kept) == [1, 3]
 
 
 def test_random_is_seeded_and_exact_size():
-    s1 = select("random", 3, 10, rng=np.random.default_rng(7))
-    s2 = select("random", 3, 10, rng=np.random.default_rng(7))
+    s1 = select("random", 3, SelectContext(10, rng=np.random.default_rng(7)))
+    s2 = select("random", 3, SelectContext(10, rng=np.random.default_rng(7)))
     assert list(s1.kept) == list(s2.kept) and len(set(s1.kept)) == 3
 
 
 def test_keeping_everything_is_the_identity():
-    assert list(select("greedy", 4, 4).kept) == [0, 1, 2, 3]
+    assert list(select("greedy", 4, SelectContext(4)).kept) == [0, 1, 2, 3]
 
 
 def test_consumers_seeing_part_of_the_channels_split_the_objective():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import builders as B
 from onnxprune import prune
 from onnxprune import analyze
-from onnxprune.run import pipeline
+from onnxprune.run import layercache
 from onnxprune.cli import main
 from onnxprune.run.sweep import plot_available
 
@@ -62,13 +62,13 @@ def test_sweep_writes_models_and_tables(files):
 def test_sweep_layer_greedy_runs_the_greedy_once_for_every_ratio(files, monkeypatch):
     tmp, model = files
     calls = []
-    original = pipeline.greedy_order
+    original = layercache.greedy_order
 
     def counting(problems, k, xp, on_step=None):
         calls.append(k)
         return original(problems, k, xp, on_step)
 
-    monkeypatch.setattr(pipeline, "greedy_order", counting)
+    monkeypatch.setattr(layercache, "greedy_order", counting)
     r = invoke("sweep", tmp / "model.onnx", "--calib", tmp / "calib.npz", "--compression", "1.5,2,3",
                "--methods", "greedy", "--mode", "layer", "--out", tmp / "o", "--holdout", "16", "--no-plot", "-q")
     assert r.exit_code == 0, r.output

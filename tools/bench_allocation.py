@@ -24,9 +24,11 @@ import time
 import numpy as np
 
 from bench_accuracy import DATASET, ROOT, SHARED, calibration_file, model_input
-from onnxprune.budget.allocation import Rules, _fill, check_reachable, error_counts, uniform_counts
-from onnxprune.budget.curves import local_curves, output_curves
-from onnxprune.run.pipeline import PruneOptions, Workspace, _Clock
+from onnxprune.budget.allocation import Rules, check_reachable, error_counts, fill, uniform_counts
+from onnxprune.budget.curves import local_curves
+from onnxprune.run.allocate import error_curves
+from onnxprune.run.clock import Clock
+from onnxprune.run.pipeline import PruneOptions, Workspace
 
 VARIANTS = ("uniform", "balanced-local", "balanced-output", "minsum-local", "minsum-output")
 
@@ -47,7 +49,7 @@ def balanced(target, ratio, rules, curves) -> dict:
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if target.meets(at(levels[mid]), ratio) else (lo, mid - 1)
-    return _fill(target, ratio, at(levels[lo]), choices, lambda n, k: errors[n][k])
+    return fill(target, ratio, at(levels[lo]), choices, lambda n, k: errors[n][k])
 
 
 def top1(model, dataset: str) -> float:
@@ -74,9 +76,9 @@ def main() -> None:
     opts = PruneOptions(compression=a.compression[0], mode=a.mode, method=a.method)
     ws = Workspace(str(SHARED / "models" / f"{a.model}.onnx"), calib, opts)
     t = time.perf_counter()
-    local = local_curves(ws, Rules(), _Clock())
+    local = local_curves(ws.cache, Rules(), Clock())
     t_local = time.perf_counter() - t
-    output = output_curves(ws, opts, _Clock())
+    output = error_curves(ws.session, ws.cache, opts, Clock())
     print(json.dumps({"model": a.model, "local_curves_s": round(t_local, 1),
                       "output_curves_s": round(time.perf_counter() - t - t_local, 1)}), flush=True)
     rules = Rules()

@@ -109,7 +109,7 @@ def error_counts(target: Target, ratio: float, rules: Rules, curves: dict) -> di
 
     Starting from every channel kept, repeatedly step down the group whose error rises
     least per unit of cost (parameters or FLOPs) saved, until the target is met; then
-    `_fill` gives back every step that still fits, largest error first.
+    `fill` gives back every step that still fits, largest error first.
     """
     groups = target.groups
     check_reachable(target, ratio, rules)
@@ -138,7 +138,7 @@ def error_counts(target: Target, ratio: float, rules: Rules, curves: dict) -> di
         _, counts[name], after = price[name]
         for other in neighbours[name]:
             price[other] = step(other)
-    return _fill(target, ratio, counts, choices, lambda name, k: errors[name][k])
+    return fill(target, ratio, counts, choices, lambda name, k: errors[name][k])
 
 
 def _sharing(groups) -> dict:
@@ -172,7 +172,7 @@ def ranking_counts(groups, rules: Rules, scores: dict, keep: float | None = None
     return top(_last_true(len(ranked) + 1, lambda n: target.meets(top(n), ratio)))
 
 
-def _fill(target: Target, ratio: float, counts: dict, choices: dict, error) -> dict:
+def fill(target: Target, ratio: float, counts: dict, choices: dict, error) -> dict:
     """Give leftover budget, one allowed step at a time, to the group with the largest
     current error whose next step still meets the target."""
     counts = dict(counts)

@@ -24,6 +24,19 @@ import numpy as np
 from ..graph.index import GraphIndex, attr
 from ..graph.groups import Group
 from ..graph.layout import Alive
+from . import importance
+from .base import Method, SelectContext, Selection
+
+
+class Coreset(Method):
+    """Data-free: scores from the current weights; without data an unset --reweight is off."""
+    name = "coreset"
+    data_free = True
+
+    def select(self, k: int, ctx: SelectContext) -> Selection:
+        s = sensitivities(ctx.idx, ctx.group, ctx.alive, ctx.weight_rows(), ctx.coreset_beta)
+        kept, scales = importance.draw(s, k, ctx.rng, ctx.draw)
+        return Selection(kept, scales=scales)
 
 
 def sensitivities(idx: GraphIndex, group: Group, alive: Alive, consumer_rows: list, beta: float) -> np.ndarray:

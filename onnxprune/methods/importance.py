@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..solve.xp import to_numpy
+
 DRAWS = ("systematic", "with-replacement")
 
 # The with-replacement draw stops after this many draws; the rest is filled by score.
@@ -122,3 +124,14 @@ def _checked(scores) -> np.ndarray:
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("importance scores must be finite and non-negative")
     return s
+
+
+def scaled_rows(matrix: np.ndarray, view, kept, scales) -> np.ndarray:
+    """A copy of `matrix` with each kept channel's rows multiplied by its importance weight
+    (how sampling and coreset keep the pruned layer unbiased when not refitting); `view` is
+    the consumer's solve.problem.ChannelView."""
+    out = to_numpy(matrix).copy()
+    present = view.present(kept)                   # a consumer may see only some of the group
+    weight = np.asarray(scales)[np.searchsorted(np.asarray(kept), view.members[present])]
+    out[view.candidates[present]] *= weight[:, None, None]
+    return out

@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Method, SelectContext, Selection, group_rng
+
+
+class RandomGlobal(Method):
+    name = "random-global"
+    ranks_globally = True
+
+    def global_scores(self, group, seed: int) -> np.ndarray:
+        return random_scores(group.channels, group_rng(seed, group))
+
+    def select(self, k: int, ctx: SelectContext) -> Selection:
+        return Selection(np.sort(top_k(random_scores(ctx.channels, ctx.rng), k)))
+
 
 def random_scores(channels: int, rng: np.random.Generator) -> np.ndarray:
     """i.i.d. uniform scores: ranking by them is a uniformly random global order."""

@@ -18,6 +18,8 @@ import numpy as np
 from ..capture.features import canonical_order, design_rows, sample_major, token_rows
 from ..graph.groups import Consumer
 from ..solve.xp import to_numpy
+from . import importance
+from .base import Method, SelectContext, Selection
 
 # Contributions are formed in chunks of at most this many elements (16 MiB of float32).
 CHUNK_ELEMENTS = 4 * 1024 * 1024
@@ -101,3 +103,20 @@ class SensitivityAccumulator:
 
     def result(self) -> np.ndarray:
         return to_numpy(self.value).astype(np.float64)
+
+
+class Sampling(Method):
+    """Needs data for its sensitivities, which observers measure during capture."""
+    name = "sampling"
+    needs_data = True
+    observes = True
+
+    def observers(self, parts: list, xp) -> tuple:
+        return tuple(SensitivityAccumulator(p.consumer, p.matrix, p.view.candidates, xp) for p in parts)
+
+    def combine(self, observers: tuple):
+        return np.max([o.result() for o in observers], axis=0)
+
+    def select(self, k: int, ctx: SelectContext) -> Selection:
+        kept, scales = importance.draw(ctx.observed, k, ctx.rng, ctx.draw)
+        return Selection(kept, scales=scales)

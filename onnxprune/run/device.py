@@ -6,7 +6,7 @@ promises that auto uses the GPU only when both can load.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,8 +14,7 @@ from ..capture import runtime
 from ..solve.xp import array_module, cupy_or_none
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     name: str       # onnxruntime's: "cpu" or "cuda"
     xp: object      # numpy or cupy
 

@@ -1,8 +1,13 @@
-"""The report of a pruning run: one JSON document (schema_version 1)."""
+"""The report of a pruning run: one JSON document (schema_version 1), and its assembly from
+a finished run (`build_report`)."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+
+from .. import __version__
+from ..budget.flops import model_flops
+from ..graph.index import float_param_count
 
 SCHEMA_VERSION = 1
 
@@ -66,3 +71,26 @@ class Report:
                 f"{len([g for g in self.groups if g['channels_after'] < g['channels_before']])}/"
                 f"{len(self.groups)} groups pruned"
                 + (f", {self.seconds['total']:.1f} s" if self.seconds else ""))
+
+
+def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dict, notes: list,
+                 masked: set) -> Report:
+    """The Report of one run over `session` with (resolved) `opts`: `groups` are the
+    GroupReport dicts, `masked` the consumers whose padding rows were dropped."""
+    calib = session.calibration
+    calibration_info = {"source": calib.source, "samples": calib.samples} if calib else None
+    if calib and session.row_mask:
+        calibration_info.update(row_mask=session.row_mask, masked_consumers=sorted(masked))
+    return Report(
+        input=session.source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight,
+        seed=opts.seed, device=session.device,
+        calibration=calibration_info,
+        budget={"keep": opts.keep, "compression_target": opts.compression,
+                "allocation": "ranking" if opts.impl.ranks_globally else opts.allocation,
+                "target": opts.target, "min_channels": opts.min_channels, "round_to": opts.round_to},
+        params_before=float_param_count(session.model), params_after=float_param_count(pruned),
+        flops_before=model_flops(session.model, session.index), flops_after=model_flops(pruned),
+        groups=groups, skipped=[s.to_dict() for s in session.analysis.skipped], verify=verify,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        tool={"name": "onnxprune", "version": __version__}, notes=notes,
+    )

@@ -1,58 +1,98 @@
-"""One pruning run over the groups, in topological order of their first producers:
-capture -> select -> reweight -> rewrite for each group in turn.
+"""One pruning run: budget -> groups -> verify -> report (`prune_run`).
 
-In seq/asym mode every group is captured from the model with the earlier groups already
-pruned; in layer mode the statistics come from one pass of the original model, cached in
-the Workspace so that a sweep captures (and runs the greedy) only once.
+The groups are pruned in topological order of their first producers, capture -> select ->
+reweight -> rewrite each (`GroupPruner`). In seq/asym mode every group is captured from the
+model with the earlier groups already pruned; in layer mode the statistics come from one pass
+of the original model, kept in the LayerCache so that a sweep captures (and runs the greedy)
+only once.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
 from ..capture.stream import Capturer
 from ..graph.index import GraphIndex
 from ..graph.layout import Alive
-from ..methods import coreset
-from ..methods.sampling import SensitivityAccumulator
-from ..solve.problem import ChannelView, Problem, original_rows
-from .report import GroupReport
-from ..solve.reweight import least_squares
+from ..methods.base import ConsumerPart, SelectContext, group_rng
+from ..methods.importance import scaled_rows
 from ..rewrite.apply import apply_group
-from ..solve.greedy import select
 from ..rewrite.weights import consumer_matrix, consumer_update
-from ..solve.xp import to_numpy
+from ..solve.problem import ChannelView, Problem, original_rows
+from ..solve.reweight import least_squares
+from .clock import Clock
+from .layercache import LayerCache
+from .report import GroupReport, build_report
+from .session import Session, calibration_for
+from .verify import check, output_fidelity
+
+VERIFY_SAMPLES = 256
 
 
-def group_rng(seed: int, group) -> np.random.Generator:
-    """The random stream of one group (random, random-global, sampling, coreset draws)."""
-    return np.random.default_rng([seed, group.position])
+def data_free_note(method: str) -> str:
+    return (f"{method} without calibration data: the consumers are not refitted (reweighting needs data; "
+            "pass --calib to refit them)")
+
+
+def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, include_setup: bool = True):
+    """One run with `opts` (their data and model options must be the session's); `budget`
+    (opts, clock, progress) -> kept channels per group. Returns (pruned ModelProto, Report)."""
+    start = time.perf_counter()
+    clock = Clock()
+    notes = []
+    if opts.reweight is None:
+        opts = replace(opts, reweight=not (opts.impl.data_free and session.calibration is None))
+        if not opts.reweight:
+            notes.append(data_free_note(opts.method))
+    if opts.needs_data and session.calibration is None:
+        calibration_for(session.model, None, opts)            # raises the user error
+    t, captured = time.perf_counter(), clock.seconds.get("capture", 0.0)
+    counts = budget(opts, clock, progress)
+    clock.add("budget", t)
+    clock.seconds["budget"] -= clock.seconds.get("capture", 0.0) - captured    # reported as capture
+    pruner = GroupPruner(session, cache, opts, clock, progress)
+    pruned, group_reports = pruner.run(counts)
+
+    t = time.perf_counter()
+    check(pruned)
+    verify = {"checker": "passed"}
+    if session.calibration is not None:
+        verify.update(output_fidelity(session.reference, pruned, session.calibration.head(VERIFY_SAMPLES),
+                                      session.batch_size, session.device))
+    clock.add("verify", t)
+    clock.seconds["analyze"] = session.setup_seconds if include_setup else 0.0
+    clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]
+    return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes, pruner.masked)
 
 
 class GroupPruner:
-    def __init__(self, workspace, opts, clock, progress):
-        self.ws = workspace
+    """Prunes the groups one after another (the model, and `alive`, change as it goes)."""
+
+    def __init__(self, session: Session, cache: LayerCache, opts, clock, progress):
+        self.session = session
+        self.cache = cache
         self.opts = opts
-        self.xp = workspace.xp
+        self.method = opts.impl
+        self.xp = session.xp
         self.clock = clock
         self.progress = progress or (lambda stage, done, total: None)
-        self.original = workspace.model
+        self.original = session.model
         self.alive = Alive()
         self.layer = opts.mode == "layer"
         self.capturer = None
-        if workspace.calibration is not None and not self.layer:
-            self.capturer = Capturer(workspace.calibration, workspace.batch_size, workspace.device, self.xp,
-                                     self.progress, workspace.row_mask)
+        if session.calibration is not None and not self.layer:
+            self.capturer = Capturer(session.calibration, session.batch_size, session.device, self.xp,
+                                     self.progress, session.row_mask)
         self.masked = set()           # consumers whose padding rows were dropped (--row-mask)
 
     def run(self, counts: dict):
-        groups = self.ws.groups
+        groups = self.session.groups
         todo = [g for g in groups if counts[g.name] < g.channels]
-        if self.ws.calibration is not None and todo:    # keep=1 (or rounding) may leave nothing to capture
+        if self.session.calibration is not None and todo:    # keep=1 (or rounding) may leave nothing to capture
             if self.layer:
-                self.ws.layer_capture(todo, self.opts.method == "sampling", self.clock, self.progress)
+                self.cache.layer_capture(todo, self.method, self.clock, self.progress)
             else:
                 self.capturer.plan(self.original, [g.boundary for g in todo])
         current, reports = self.original, []
@@ -71,92 +111,81 @@ class GroupPruner:
         return current, reports
 
     def _prune_group(self, current, g, k: int):
-        opts = self.opts
+        opts, xp = self.opts, self.xp
         idx = GraphIndex.build(current, infer=False)
         members = set(g.sources)
-        matrices = [consumer_matrix(idx, c) for c in g.consumers]
-        views = [ChannelView.of(c, members, g.channels, self.alive) for c in g.consumers]
-        observers = ()
-        if opts.method == "sampling" and not self.layer:
-            observers = tuple(SensitivityAccumulator(c, m, v.candidates, self.xp)
-                              for c, m, v in zip(g.consumers, matrices, views))
-        problems, keep_rows = self._problems(current, g, matrices, views, observers)
+        parts = [ConsumerPart(c, consumer_matrix(idx, c), ChannelView.of(c, members, g.channels, self.alive))
+                 for c in g.consumers]
+        observers = self.method.observers(parts, xp) if not self.layer else ()
+        has_data = self._problems(current, g, parts, observers)
         t = time.perf_counter()
-        sel = self._select(g, k, idx, problems, keep_rows, matrices, views, observers)
+        sel = self.method.select(k, self._context(g, k, idx, parts, observers, has_data))
         t = self.clock.add("select", t)
         updates, err, energy = [], 0.0, 0.0
-        for c, matrix, view, problem in zip(g.consumers, matrices, views, problems or [None] * len(g.consumers)):
+        for part in parts:
+            matrix, view, problem = part.matrix, part.view, part.problem
             if sel.scales is not None and not opts.reweight:
                 matrix = scaled_rows(matrix, view, sel.kept, sel.scales)
             if problem is not None:
-                canonical = (least_squares(problem, sel.kept, opts.ridge, self.xp) if opts.reweight
+                canonical = (least_squares(problem, sel.kept, opts.ridge, xp) if opts.reweight
                              else matrix[view.order][problem.rows(sel.kept)])
-                err += problem.error(sel.kept, self.xp.asarray(canonical), self.xp)
+                err += problem.error(sel.kept, xp.asarray(canonical), xp)
                 energy += problem.target
                 rows = view.order[problem.rows(sel.kept)]
                 new = canonical[np.argsort(rows)]
             else:
                 new = matrix[view.remaining(sel.kept)]
-            updates.append(consumer_update(idx, c, new))
+            updates.append(consumer_update(idx, part.consumer, new))
         t = self.clock.add("reweight", t)
         pruned = apply_group(current, g, sel.kept, updates, self.alive)
         self.alive.mark(g.sources, g.channels, sel.kept)
         self.clock.add("rewrite", t)
-        rel = (err / energy if energy > 0 else 0.0) if problems is not None else None
+        rel = (err / energy if energy > 0 else 0.0) if has_data else None
         return pruned, asdict(GroupReport(g.name, g.channels, k, [int(i) for i in sel.kept], rel,
                                           [c.node for c in g.consumers]))
 
-    def _select(self, g, k, idx, problems, keep_rows, matrices, views, observers):
-        opts = self.opts
+    def _context(self, g, k: int, idx, parts: list, observers: tuple, has_data: bool) -> SelectContext:
+        """Everything a method may read to select in this group (see methods/base.py)."""
         label = f"select {g.name}"
         on_step = lambda j: self.progress(label, j, k)        # noqa: E731
-        if opts.method == "greedy" and self.layer:
-            return self.ws.greedy_selection(g, problems, matrices, keep_rows, k, on_step)
-        rows = [v.dense_rows(m) for m, v in zip(matrices, views)]
-        sensitivity = None
-        if opts.method == "coreset":
-            sensitivity = coreset.sensitivities(idx, g, self.alive, rows, opts.coreset_beta)
-        elif opts.method == "sampling":
-            sensitivity = (self.ws.sensitivity[g.name] if self.layer
-                           else np.max([o.result() for o in observers], axis=0))
-        return select(opts.method, k, g.channels, problems=problems, weights=rows, xp=self.xp,
-                      rng=group_rng(opts.seed, g), on_step=on_step, sensitivity=sensitivity, draw=opts.draw)
+        problems = [p.problem for p in parts] if has_data else None
+        cached = None
+        if self.layer and has_data:
+            def cached(k, on_step):
+                return self.cache.greedy_selection(g, problems, [p.matrix for p in parts],
+                                                   [p.keep_rows for p in parts], k, on_step)
+        observed = self.cache.observed(self.method, g) if self.layer else self.method.combine(observers)
+        return SelectContext(g.channels, parts, problems, xp=self.xp, rng=group_rng(self.opts.seed, g),
+                             on_step=on_step, observed=observed, draw=self.opts.draw,
+                             coreset_beta=self.opts.coreset_beta, group=g, idx=idx, alive=self.alive,
+                             cached_greedy=cached)
 
-    def _problems(self, current, g, matrices, views, observers):
-        """One least-squares Problem per consumer, and the rows of layer-mode statistics still
-        present ((None, None) without calibration data)."""
-        if self.ws.calibration is None:
-            return None, None
+    def _problems(self, current, g, parts: list, observers: tuple) -> bool:
+        """Fill each part's least-squares Problem (and, in layer mode, the rows of the original
+        statistics still present); False without calibration data."""
+        if self.session.calibration is None:
+            return False
         xp, opts = self.xp, self.opts
         t = time.perf_counter()
         if self.layer:
-            stats = [self.ws.stats[c.node] for c in g.consumers]
-            keep = [original_rows(c, self.alive) for c in g.consumers]
-            targets = [None] * len(g.consumers)
+            stats = [self.cache.stats[c.node] for c in g.consumers]
+            for p in parts:
+                p.keep_rows = original_rows(p.consumer, self.alive)
         else:
-            targets = ([self._target_weight(c) for c in g.consumers] if opts.mode == "asym"
-                       else [None] * len(g.consumers))
+            if opts.mode == "asym":
+                for p in parts:
+                    p.target_weight = self._target_weight(p.consumer)
             original = self.original if opts.mode == "asym" else None
             stats = self.capturer.step_stats(current, list(g.consumers), f"capture {g.name}", original,
-                                             {c.node: w for c, w in zip(g.consumers, targets)}, observers)
-            keep = [None] * len(g.consumers)
+                                             {p.consumer.node: p.target_weight for p in parts}, observers)
         self.clock.add("capture", t)
         self.masked.update(s.consumer.node for s in stats if s.masked)
-        problems = [Problem.build(s, m, v, xp, keep_rows=r, target_weight=w)
-                    for s, m, v, r, w in zip(stats, matrices, views, keep, targets)]
-        return problems, keep
+        for p, s in zip(parts, stats):
+            p.problem = Problem.build(s, p.matrix, p.view, xp, keep_rows=p.keep_rows, target_weight=p.target_weight)
+        return True
 
     def _target_weight(self, c):
         """asym target: the original consumer matrix, limited to the outputs still present."""
-        matrix = consumer_matrix(self.ws.index, c)
+        matrix = consumer_matrix(self.session.index, c)
         cols = self.alive.kept.get(c.node)
         return matrix if cols is None else matrix[:, cols]
-
-
-def scaled_rows(matrix: np.ndarray, view: ChannelView, kept, scales) -> np.ndarray:
-    """A copy of `matrix` with each kept channel's rows multiplied by its importance weight."""
-    out = to_numpy(matrix).copy()
-    present = view.present(kept)                   # a consumer may see only some of the group
-    weight = np.asarray(scales)[np.searchsorted(np.asarray(kept), view.members[present])]
-    out[view.candidates[present]] *= weight[:, None, None]
-    return out

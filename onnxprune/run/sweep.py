@@ -62,8 +62,7 @@ def sweep(model_path, calib_path, ratios: list, methods: list, out_dir, *, holdo
     _check_out_dir(out_dir, outputs, force, [model_path, calib_path, eval_path])
     prune_part, held_out = _split(model, calib_path, holdout, base.samples)
     eval_data = _eval_data(eval_path, model, labels)
-    ws = Workspace(model, prune_part, replace(base, samples=prune_part.samples))
-    ws.source = str(model_path)
+    ws = Workspace(model, prune_part, replace(base, samples=prune_part.samples), source=str(model_path))
     for opts in runs:
         ws.check_budget(opts)
     created = not out_dir.exists()

@@ -1,21 +1,16 @@
-"""The `select` stage: which channels of a group to keep.
+"""The greedy selection math.
 
 `greedy` is the submodular greedy of El Halabi et al. run on d x d statistics only. It scores
 every candidate block at once from the residual block diagonal of the Gram and the residual H,
 and grows a factor of the kept blocks instead of updating the whole d x d residual (see
 `_Factor`). Its order is nested, so the first k picks answer every budget k.
+
+Only the math lives here; the `greedy` method (methods/greedy.py) and the other methods'
+dispatch are in methods/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-from ..methods import importance
-from ..methods.random_global import random_scores, top_k
-from .xp import to_numpy
-
-METHODS = ("greedy", "weight-norm", "random", "random-global", "sampling", "coreset")
 
 # A block whose residual variance is below this fraction of its raw energy carries no new
 # information (zero, constant, or a copy of kept channels).
@@ -24,44 +19,6 @@ RESIDUAL_RTOL = 1e-9
 # Residual targets are updated and scored in slabs of about this many float64 (2 MiB) on the
 # CPU, so each slab is still in cache when its gains are computed.
 SLAB_ELEMENTS = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Selection:
-    kept: np.ndarray                 # sorted channel indices
-    order: tuple | None = None       # greedy pick order (nested for every budget)
-    errors: tuple | None = None      # greedy: reconstruction error after 0, 1, ..., k picks
-    scales: np.ndarray | None = None  # importance weights of the kept channels (sampling, coreset)
-
-
-def select(method: str, k: int, channels: int, *, problems=None, weights=None, xp=np,
-           rng: np.random.Generator | None = None, on_step=None, sensitivity=None, draw="systematic") -> Selection:
-    """Keep k of `channels`. greedy needs `problems` (and reports each pick to `on_step`);
-    weight-norm each consumer's weight rows of the group's channels (`weights`); random and
-    random-global an `rng`; sampling and coreset their channel `sensitivity` and an `rng` (see
-    methods/)."""
-    if k >= channels:
-        return Selection(np.arange(channels))
-    if method == "greedy":
-        order, errors = greedy_order(problems, k, xp, on_step)
-        return Selection(np.sort(np.asarray(order)), tuple(order), tuple(errors))
-    if method == "weight-norm":
-        scores = sum(weight_norms(w, channels) for w in weights)
-        return Selection(np.sort(np.argsort(-scores, kind="stable")[:k]))
-    if method == "random":
-        return Selection(np.sort(rng.choice(channels, size=k, replace=False)))
-    if method == "random-global":
-        return Selection(np.sort(top_k(random_scores(channels, rng), k)))
-    if method in ("sampling", "coreset"):
-        kept, scales = importance.draw(sensitivity, k, rng, draw)
-        return Selection(kept, scales=scales)
-    raise ValueError(f"unknown method {method}")
-
-
-def weight_norms(rows, channels: int) -> np.ndarray:
-    """l1 norm of each channel's outgoing weights; `rows` are a consumer's weight rows of the
-    group's channels, channel by channel (see problem.ChannelView.candidates)."""
-    return np.abs(to_numpy(rows)).reshape(channels, -1).sum(axis=1)
 
 
 class _State:

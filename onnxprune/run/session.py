@@ -1,0 +1,106 @@
+"""`Session`: what every run over one model shares and never changes: the loaded, analysed
+model, its calibration data, the device and array module, the batch size and the reference
+onnxruntime session. Built once (`open_session`), then read only, so runs cannot leak state
+into each other through it (the reusable layer-mode results live in layercache.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import onnx
+
+from ..capture import runtime
+from ..errors import NothingToPrune, OnnxPruneError
+from ..graph.analyze import analyze
+from ..graph.index import GraphIndex
+from ..io.calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
+from ..io.modelio import check_model, load_model, normalize
+from .device import resolve as resolve_device
+from .options import PruneOptions
+
+
+@dataclass(frozen=True)
+class Session:
+    source: str | None               # the model's path, for the report
+    model: onnx.ModelProto
+    index: GraphIndex
+    analysis: object                 # graph.groups.Analysis
+    groups: list
+    calibration: Calibration | None
+    row_mask: str | None
+    batch_size: int
+    device: str
+    xp: object
+    reference: object                # onnxruntime session of the original model
+    setup_seconds: float
+
+
+def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
+    """Load (or check) `model`, analyse it, load `calib` and start the reference session;
+    raises the user error for anything wrong with them. `source` names an in-memory model."""
+    start = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        source = str(model)
+        model = load_model(model)
+    else:
+        check_model(model, "the model")
+        model = normalize(model)
+    index = GraphIndex.build(model)
+    analysis = analyze(model, opts.exclude, index)
+    groups = list(analysis.groups)
+    if not groups:
+        raise NothingToPrune(
+            f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} "
+            "Conv/Gemm/MatMul left alone); `onnxprune analyze MODEL` says why for each")
+    calibration = calibration_for(model, calib, opts)
+    _check_row_mask(opts.row_mask, calibration)
+    batch_size = opts.batch_size
+    batch = fixed_batch(input_specs(model))
+    if batch is not None:
+        if calibration is not None and calibration.samples < batch:
+            raise OnnxPruneError(f"the model has a fixed batch of {batch}; give at least {batch} calibration "
+                                 "samples")
+        if calibration is not None:
+            calibration = calibration.head(calibration.samples - calibration.samples % batch)
+        batch_size = batch
+    device, xp = resolve_device(opts.device)
+    reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
+    return Session(source, model, index, analysis, groups, calibration, opts.row_mask, batch_size, device, xp,
+                   reference, time.perf_counter() - start)
+
+
+def _check_row_mask(name: str | None, calibration: Calibration | None) -> None:
+    if name is None:
+        return
+    if calibration is None or name not in calibration.arrays:
+        have = ", ".join(sorted(calibration.arrays)) if calibration else "none"
+        raise OnnxPruneError(f"--row-mask {name} is not a model input with calibration data (inputs: {have})")
+    if calibration.arrays[name].ndim != 2:
+        raise OnnxPruneError(f"--row-mask {name} must be [samples, tokens], got shape "
+                             f"{calibration.arrays[name].shape}")
+
+
+def calibration_for(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:
+    """The calibration data of `calib` (see `prune`), or None when the run needs none; raises
+    the user error when it does need data and none was given."""
+    specs = input_specs(model)
+    if calib is not None and opts.calib_random is not None:
+        raise OnnxPruneError("give either calibration data or --calib-random N, not both")
+    if isinstance(calib, Calibration):
+        return from_arrays(calib.arrays, specs, opts.samples, calib.source)
+    if isinstance(calib, (str, os.PathLike)):
+        return load_calibration(calib, specs, opts.samples)
+    if calib is not None:
+        return from_arrays(calib, specs, opts.samples)
+    if opts.calib_random is not None:
+        return random_calibration(specs, opts.calib_random, opts.seed)
+    if opts.needs_data:
+        method = opts.impl
+        what = f"--method {opts.method}{' with reweighting' if opts.refits else ''}"
+        what += " and --allocation error" if opts.allocation == "error" else ""
+        hint = " (or --no-reweight)" if not method.needs_data and opts.allocation != "error" else ""
+        raise OnnxPruneError(f"{what} needs calibration inputs: pass --calib FILE.npz{hint} "
+                             "(or --calib-random N for a smoke test on random data)")
+    return None

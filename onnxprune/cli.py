@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import __version__
+from .version import __version__
 from .graph.analyze import analyze as analyze_model
 from .budget.allocation import ALLOCATIONS, TARGETS
 from .io.atomic import Staged

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .. import __version__
+from ..version import __version__
 from ..budget.flops import model_flops
 from ..graph.index import float_param_count
 

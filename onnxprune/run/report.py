@@ -79,8 +79,13 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
     GroupReport dicts, `masked` the consumers whose padding rows were dropped."""
     calib = session.calibration
     calibration_info = {"source": calib.source, "samples": calib.samples} if calib else None
+    if calib is not None:
+        calibration_info.update(getattr(calib, "info", {}))    # images, texts, scripts: how they were read
     if calib and session.row_mask:
         calibration_info.update(row_mask=session.row_mask, masked_consumers=sorted(masked))
+        if opts.row_mask is None:
+            notes = notes + [f"the attention mask input {session.row_mask} of the calibration text is the row mask: "
+                             "padding tokens are left out of the statistics"]
     return Report(
         input=session.source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight,
         seed=opts.seed, device=session.device,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -16,6 +16,7 @@ from ..errors import NothingToPrune, OnnxPruneError
 from ..graph.analyze import analyze
 from ..graph.index import GraphIndex
 from ..io.calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
+from ..io.sources import SourceRequest, from_feeds, is_feeds
 from ..io.modelio import check_model, load_model, normalize
 from .device import resolve as resolve_device
 from .options import PruneOptions
@@ -55,7 +56,8 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
             f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} "
             "Conv/Gemm/MatMul left alone); `onnxprune analyze MODEL` says why for each")
     calibration = calibration_for(model, calib, opts)
-    _check_row_mask(opts.row_mask, calibration)
+    row_mask = opts.row_mask or getattr(calibration, "row_mask", None)     # text: its attention mask
+    _check_row_mask(row_mask, calibration)
     batch_size = opts.batch_size
     batch = fixed_batch(input_specs(model))
     if batch is not None:
@@ -67,7 +69,7 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
         batch_size = batch
     device, xp = resolve_device(opts.device)
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
-    return Session(source, model, index, analysis, groups, calibration, opts.row_mask, batch_size, device, xp,
+    return Session(source, model, index, analysis, groups, calibration, row_mask, batch_size, device, xp,
                    reference, time.perf_counter() - start)
 
 
@@ -88,10 +90,14 @@ def calibration_for(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibr
     specs = input_specs(model)
     if calib is not None and opts.calib_random is not None:
         raise OnnxPruneError("give either calibration data or --calib-random N, not both")
-    if isinstance(calib, Calibration):
-        return from_arrays(calib.arrays, specs, opts.samples, calib.source)
+    if isinstance(calib, SourceRequest):
+        return calib.load(specs, opts.samples)
+    if isinstance(calib, Calibration):      # a SourceCalibration keeps its row mask and report details
+        return replace(calib, arrays=from_arrays(calib.arrays, specs, opts.samples, calib.source).arrays)
     if isinstance(calib, (str, os.PathLike)):
         return load_calibration(calib, specs, opts.samples)
+    if is_feeds(calib):
+        return from_feeds(calib, specs, opts.samples)
     if calib is not None:
         return from_arrays(calib, specs, opts.samples)
     if opts.calib_random is not None:

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +31,15 @@ def from_feeds(feeds, specs: list, samples: int | None, source: str = "feeds") -
     come, so memory holds one item at a time.
     """
     return _spool_feeds(_items(feeds, source), specs, samples, source, None)
+
+
+def is_feeds(obj) -> bool:
+    """Whether `prune(model, calib=obj)` should read `obj` as feed dicts: a reader with
+    `get_next()` or an iterable of dicts (a dict of arrays or one array stays an array input)."""
+    if hasattr(obj, "get_next"):
+        return True
+    return isinstance(obj, Iterable) and not isinstance(obj, (dict, str, bytes, os.PathLike)) \
+        and not hasattr(obj, "__array__")
 
 
 def script_calibration(script: str, specs: list, samples: int | None) -> SourceCalibration:

@@ -10,21 +10,22 @@ import sys
 
 import click
 
-from .version import __version__
-from .graph.analyze import analyze as analyze_model
-from .budget.allocation import ALLOCATIONS, TARGETS
-from .io.atomic import Staged
-from .errors import NothingToPrune, OnnxPruneError
-from .run.evaluate import evaluate, load_eval_data
-from .graph.index import GraphIndex
-from .methods import METHODS
-from .methods.importance import DRAWS
-from .io.modelio import load_model, validate_output_path
-from .run.pipeline import MODES, prune as prune_model
-from .progress import StderrProgress
-from .solve.reweight import DEFAULT_RIDGE
-from .capture.runtime import resolve_device
-from .run.sweep import plot_available, sweep as run_sweep
+from ..version import __version__
+from ..graph.analyze import analyze as analyze_model
+from ..budget.allocation import ALLOCATIONS, TARGETS
+from ..io.atomic import Staged
+from ..errors import NothingToPrune, OnnxPruneError
+from ..run.evaluate import evaluate, load_eval_data
+from ..graph.index import GraphIndex
+from ..methods import METHODS
+from ..methods.importance import DRAWS
+from ..io.modelio import load_model, validate_output_path
+from ..run.pipeline import MODES, prune as prune_model
+from ..progress import StderrProgress
+from ..solve.reweight import DEFAULT_RIDGE
+from ..capture.runtime import resolve_device
+from ..run.sweep import plot_available, sweep as run_sweep
+from .calibration import SOURCE_OPTIONS, source_options, source_request
 
 EXIT_NOTHING_TO_PRUNE = 3
 
@@ -130,6 +131,7 @@ def _data_options(f):
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the pruned model.")
 @click.option("--calib", type=click.Path(), help=".npz (array per input name, or one array) or .npy calibration inputs.")
 @click.option("--calib-random", type=int, metavar="N", help="Use N standard-normal samples instead (smoke tests only).")
+@source_options
 @click.option("--keep", type=float, help="Fraction of channels kept in every group, 0 < F <= 1.")
 @click.option("--compression", type=float, help="Target ratio original/pruned (>= 1) of parameters (or FLOPs).")
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True)
@@ -144,11 +146,12 @@ def _data_options(f):
 def prune(model, output, calib, calib_random, keep, compression, method, force, as_json, report, no_timings, quiet,
           **options):
     """Prune MODEL and write the smaller model to OUTPUT."""
-    inputs = [model, calib]
+    source = source_request(calib, calib_random, **{k: options.pop(k) for k in SOURCE_OPTIONS})
+    inputs = [model, calib, getattr(source, "path", None)]
     out = validate_output_path(output, inputs, force)
     if report:
         validate_output_path(report, inputs + [output], force)
-    pruned, result = prune_model(model, calib, keep=keep, compression=compression, method=method,
+    pruned, result = prune_model(model, source, keep=keep, compression=compression, method=method,
                                  calib_random=calib_random, progress=StderrProgress(enabled=not quiet), **options)
     result.output = str(out)
     if no_timings:

@@ -10,8 +10,6 @@ from onnx import numpy_helper
 
 from ..io.largemodel import is_large, skeleton
 
-Dim = "int | None"
-
 
 def attr(node: onnx.NodeProto, name: str, default=None):
     """A node attribute's Python value, or `default` when absent."""
@@ -35,7 +33,12 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> tuple | None:
+def opset_version(model: onnx.ModelProto, default: int = 1) -> int:
+    """The model's default-domain (ai.onnx) opset version; `default` when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
+
+
+def _value_info_dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
@@ -91,7 +94,7 @@ class GraphIndex:
                 idx.consumers.setdefault(outer, []).append((node, -1))
         inferred = infer_shapes(model) if infer else model
         for vi in list(inferred.graph.value_info) + list(g.input) + list(g.output):
-            dims = _dims(vi)
+            dims = _value_info_dims(vi)
             if dims is not None:
                 idx.shapes[vi.name] = dims
                 idx.model_dims[vi.name] = _symbolic_dims(vi)
@@ -121,6 +124,19 @@ class GraphIndex:
             return self.array(name)
         return self.folded.get(name)
 
+    def dims(self, name: str, batch: int | None = None):
+        """A tensor's dims (None for an unknown dim), or None when its shape is unknown.
+
+        With `batch`, a dynamic first (batch) dim counts as `batch` and any other unknown dim
+        makes the whole shape unknown: a list of ints, or None."""
+        dims = self.shapes.get(name)
+        if batch is None or dims is None:
+            return dims
+        dims = list(dims)
+        if dims and dims[0] is None:
+            dims[0] = batch
+        return None if any(d is None for d in dims) else dims
+
     def uses(self, name: str) -> list:
         return self.consumers.get(name, [])
 
@@ -143,7 +159,7 @@ def _fold_constants(idx: "GraphIndex") -> dict:
     """Evaluate small nodes whose inputs are all known, in topological order."""
     from onnx.reference import ReferenceEvaluator
 
-    opset = next((o.version for o in idx.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_version(idx.model)
     known = {}
     for node in idx.model.graph.node:
         if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):

@@ -2,29 +2,20 @@
 
 A rule returns an `Effect` (output layouts, parameter/attribute sites, couplings between
 inputs) or raises `Refusal` with a reason a user can read. Ops not listed are refused:
-we never guess. Producers and consumers (Conv / Gemm / MatMul) are in roles.py.
+we never guess. Producers and consumers (Conv / Gemm / MatMul, depthwise Convs included),
+`Effect` and `Refusal` are in roles.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
+from .roles import Effect, Refusal
 from .shapes import Const, Dim, reshape_dims, shape_entries
-
-
-class Refusal(Exception):
-    """Why channels cannot be pruned safely through this op."""
-
-
-@dataclass
-class Effect:
-    outputs: dict = field(default_factory=dict)     # output tensor -> Layout
-    sites: list = field(default_factory=list)       # ParamSite / AttrSite
-    couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
 
 
 # Element-wise ops of one tensor: channel identity is untouched.
@@ -99,10 +90,6 @@ def _axes(idx: GraphIndex, node, opset: int, attr_until: int, rank: int, input_i
     return None if axes is None else [a + rank if a < 0 else a for a in axes]
 
 
-def _dims(idx: GraphIndex, name: str):
-    return idx.shapes.get(name)
-
-
 def _out(node, layout: Layout) -> Effect:
     return Effect(outputs={node.output[0]: layout})
 
@@ -164,7 +151,7 @@ def _layer_norm(idx, node, layouts, opset):
 
 
 def _binary(idx, node, layouts, opset):
-    out_rank = len(_dims(idx, node.output[0]) or ()) or max(l.rank for l in layouts.values())
+    out_rank = len(idx.dims(node.output[0]) or ()) or max(l.rank for l in layouts.values())
     tracked = {i: replace(l, axis=l.axis + out_rank - l.rank, rank=out_rank) for i, l in layouts.items()}
     first = next(iter(tracked.values()))
     effect = _out(node, first)
@@ -181,7 +168,7 @@ def _binary(idx, node, layouts, opset):
             if site is not None:
                 effect.sites.append(site)
             continue
-        shape = _dims(idx, name)
+        shape = idx.dims(name)
         axis = first.axis - (out_rank - len(shape)) if shape is not None else None
         if shape is None or (axis is not None and axis >= 0 and shape[axis] != 1):
             source = idx.producer.get(name)
@@ -214,7 +201,7 @@ def _reduce(idx, node, layouts, opset):
 
 def _flatten(idx, node, layouts, opset):
     layout = _only_input0(node, layouts)
-    dims = _dims(idx, node.input[0])
+    dims = idx.dims(node.input[0])
     axis = attr(node, "axis", 1)
     axis = axis + layout.rank if axis < 0 else axis
     return _out(node, _merge_into_columns(node, layout, dims, axis, layout.rank, out_axis=1, out_rank=2))
@@ -239,7 +226,7 @@ def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_a
 
 def _reshape(idx, node, layouts, opset):
     layout = _only_input0(node, layouts)
-    din = _dims(idx, node.input[0])
+    din = idx.dims(node.input[0])
     entries = shape_entries(idx, node.input[1])
     dout = reshape_dims(idx, node.input[0], entries) if entries is not None else None
     if dout is None and entries is not None and din is not None and layout.axis == len(din) - 1 \
@@ -326,7 +313,7 @@ def _squeeze(idx, node, layouts, opset):
     layout = _only_input0(node, layouts)
     axes = _axes(idx, node, opset, 13, layout.rank)
     if axes is None:
-        dims = _dims(idx, node.input[0])
+        dims = idx.dims(node.input[0])
         if dims is None or any(d is None for d in dims):
             raise Refusal(f"Squeeze '{node.name}' without axes on an input of unknown shape")
         axes = [i for i, d in enumerate(dims) if d == 1]
@@ -403,7 +390,7 @@ def _concat(idx, node, layouts, opset):
                 raise Refusal(f"Concat '{node.name}' joins channels laid out differently")
             parts.append(lay)
         else:
-            dims = _dims(idx, name)
+            dims = idx.dims(name)
             if dims is None or dims[axis] is None:
                 raise Refusal(f"Concat '{node.name}' has an input of unknown width ('{name}')")
             if dims[axis] % first.block:
@@ -471,29 +458,6 @@ def _gather(idx, node, layouts, opset):
     irank = np.asarray(idx.array(node.input[1])).ndim
     new_axis = layout.axis if axis > layout.axis else layout.axis - 1 + irank
     return _out(node, layout.with_axis(new_axis, layout.rank - 1 + irank))
-
-
-def depthwise_conv(idx: GraphIndex, node, layouts: dict) -> Effect | None:
-    """A depthwise Conv keeps channel identity: prune its filters and update `group`."""
-    layout = layouts.get(0)
-    group = attr(node, "group", 1)
-    if layout is None or group == 1 or set(layouts) != {0}:
-        return None
-    wshape = idx.shapes.get(node.input[1])
-    if not idx.is_constant(node.input[1]) or wshape is None:
-        raise Refusal(f"grouped Conv '{node.name}' has no constant weight")
-    channels = layout.positions
-    if not (group == channels and wshape[0] == channels and wshape[1] == 1) or layout.axis != 1 or layout.block != 1:
-        raise Refusal(f"channels reach grouped Conv '{node.name}' (group={group}); only depthwise "
-                      "convolutions with one filter per channel are followed")
-    effect = _out(node, layout)
-    effect.sites = [ParamSite(node.input[1], 0, layout)]
-    if len(node.input) > 2 and node.input[2]:
-        if not idx.is_constant(node.input[2]):
-            raise Refusal(f"depthwise Conv '{node.name}' has a non-constant bias")
-        effect.sites.append(ParamSite(node.input[2], 0, layout))
-    effect.sites.append(AttrSite(node.name, "conv_group", (layout,)))
-    return effect
 
 
 _HANDLERS = {

@@ -15,7 +15,7 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
-from .shapes import Const, Dim, reshape_dims, shape_entries
+from .reshape import reshape_effect
 
 
 # Element-wise ops of one tensor: channel identity is untouched.
@@ -225,69 +225,7 @@ def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_a
 
 
 def _reshape(idx, node, layouts, opset):
-    layout = _only_input0(node, layouts)
-    din = idx.dims(node.input[0])
-    entries = shape_entries(idx, node.input[1])
-    dout = reshape_dims(idx, node.input[0], entries) if entries is not None else None
-    if dout is None and entries is not None and din is not None and layout.axis == len(din) - 1 \
-            and din[-1] is not None and len(entries) >= 2 and all(isinstance(e, Const) for e in entries[-2:]) \
-            and entries[-2].value * entries[-1].value == din[-1]:
-        raise Refusal(f"Reshape '{node.name}' splits the channel axis into {entries[-2].value} heads of "
-                      f"{entries[-1].value} (attention heads are not pruned)")
-    if din is None or dout is None or any(d is None for d in din[1:]) or any(d is None for d in dout[1:]) \
-            or (din[0] is None) != (dout[0] is None) or (din[0] is not None and din[0] != dout[0]):
-        raise Refusal(f"Reshape '{node.name}' has shapes onnxprune cannot follow (dynamic or batch-mixing)")
-    new = _reshaped_layout(layout, din, dout)
-    if new is None:
-        raise Refusal(f"Reshape '{node.name}' splits or scatters the channel axis")
-    effect = _out(node, new)
-    entry = entries[new.axis]
-    if isinstance(entry, Dim):
-        if not (entry.tensor == node.input[0] and entry.axis == layout.axis and new.block == layout.block):
-            raise Refusal(f"Reshape '{node.name}' sets its channel axis from another dimension")
-    elif entry.value == 0 and new.axis != layout.axis:
-        raise Refusal(f"Reshape '{node.name}' copies a dimension across the channel axis")
-    elif entry.value > 0:
-        if entry.initializer is None:
-            raise Refusal(f"Reshape '{node.name}' takes its channel width from a computed constant")
-        effect.sites.append(AttrSite(node.name, "reshape", (new,), name=entry.initializer, index=entry.index,
-                                     factor=dout[new.axis] // new.positions))
-    return effect
-
-
-def _reshaped_layout(layout: Layout, din, dout):
-    """The layout after a Reshape from dims `din` to `dout`, or None when it is scattered."""
-    a = layout.axis
-    prefix = int(np.prod(din[1:a], dtype=np.int64))
-    b = next((b for b in range(1, len(dout)) if int(np.prod(dout[1:b], dtype=np.int64)) == prefix), None)
-    if b is not None and b < len(dout):
-        inner_in = int(np.prod(din[a + 1:], dtype=np.int64))
-        inner_out = int(np.prod(dout[b + 1:], dtype=np.int64))
-        if dout[b] == din[a] and inner_out == inner_in:
-            return replace(layout, axis=b, rank=len(dout))                          # channel axis kept
-        if layout.block == 1 and not layout.interleaved and dout[b] % din[a] == 0 \
-                and dout[b] * inner_out == din[a] * inner_in:
-            return Layout(b, len(dout), layout.segments, block=dout[b] // din[a])   # merged with inner dims
-        if layout.block > 1 and not layout.interleaved and dout[b] == layout.positions \
-                and dout[b] * inner_out == din[a] * inner_in:
-            return Layout(b, len(dout), layout.segments)                            # un-flattened
-    merged = _nhwc_merge(din, dout, a)
-    if merged is not None and layout.block == 1:
-        return Layout(merged[0], len(dout), layout.segments, block=merged[1], interleaved=True)
-    return None
-
-
-def _nhwc_merge(din, dout, a):
-    """(axis, block) when the channel axis is the last of several merged dims (NHWC flatten)."""
-    for start in range(1, a):
-        merged = int(np.prod(din[start:a + 1], dtype=np.int64))
-        rest_in = int(np.prod(din[a + 1:], dtype=np.int64))
-        pre = int(np.prod(din[1:start], dtype=np.int64))
-        for b in range(1, len(dout)):
-            if int(np.prod(dout[1:b], dtype=np.int64)) == pre and dout[b] == merged \
-                    and int(np.prod(dout[b + 1:], dtype=np.int64)) == rest_in and rest_in == 1:
-                return b, merged // din[a]
-    return None
+    return reshape_effect(idx, node, _only_input0(node, layouts))
 
 
 def _shape(idx, node, layouts, opset):

@@ -162,11 +162,13 @@ def channel_width_sites(node, layout: Layout, new: Layout, entry, dout) -> list:
 
 def width_from_shape(node, layout: Layout, new: Layout, entry: Dim) -> list:
     """The width is read from a tensor's shape (Shape -> Gather -> Concat): fine only when it
-    is the channel axis of the Reshape's own input, with the channels kept whole.
+    is the channel axis of the Reshape's own input, with the channels kept whole (and then
+    the Shape rule has already refused reading the channel count, so in practice only the
+    refusal is reached).
 
-    Example: x = Conv output [N, 6, 2, 2], Reshape(x, Concat(Shape(x)[0:2], [-1])) ->
-    [N, 6, 4], C on axis 1: the width follows the pruned x. Reading it from another tensor
-    (or a flattened width) is refused: "sets its channel axis from another dimension"."""
+    Example: h = Conv output [N, 6, 2, 2], x = model input [N, 6, 2, 2],
+    Reshape(h, Concat(Shape(h)[0], Shape(x)[1], [-1])) -> [N, 6, 4], C on axis 1, width
+    read from x: refused, "sets its channel axis from another dimension"."""
     if not (entry.tensor == node.input[0] and entry.axis == layout.axis and new.block == layout.block):
         raise Refusal(f"Reshape '{node.name}' sets its channel axis from another dimension")
     return []

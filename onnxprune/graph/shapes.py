@@ -81,7 +81,7 @@ def reshape_dims(idx: GraphIndex, data: str, entries: list):
     out = []
     for i, entry in enumerate(entries):
         dim = entry_dim(idx, data, din, i, entry)
-        if dim is _UNKNOWN:
+        if dim is UNKNOWN:
             return None
         out.append(dim)
     batch_free = _prod([d for d in din if d is not None])
@@ -92,7 +92,7 @@ def reshape_dims(idx: GraphIndex, data: str, entries: list):
     return infer_wildcard(out, batch_free)
 
 
-_UNKNOWN = object()
+UNKNOWN = object()
 
 
 def _prod(dims) -> int:
@@ -101,7 +101,7 @@ def _prod(dims) -> int:
 
 def entry_dim(idx: GraphIndex, data: str, din, i: int, entry):
     """The dim entry `i` asks for: read from a shape (Dim), copied from input dim i (0), or
-    the value itself (-1 stays -1); _UNKNOWN when a read dim is unknown (other than the
+    the value itself (-1 stays -1); UNKNOWN when a read dim is unknown (other than the
     data's own batch dim, which stays None).
 
     Example: data [N, 6, 2, 2], shape Concat(Unsqueeze(Gather(Shape(data), 0)), [6], [0], [-1])
@@ -109,10 +109,10 @@ def entry_dim(idx: GraphIndex, data: str, din, i: int, entry):
     if isinstance(entry, Dim):
         dims = din if entry.tensor == data else idx.shapes.get(entry.tensor)
         if dims is None:
-            return _UNKNOWN
+            return UNKNOWN
         d = dims[entry.axis]
         if d is None and not (entry.tensor == data and entry.axis == 0):
-            return _UNKNOWN
+            return UNKNOWN
         return d
     if entry.value == 0:
         return din[i]

@@ -16,6 +16,7 @@ from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
 from .reshape import reshape_effect
+from .shapes import normalised, shape_range
 
 
 # Element-wise ops of one tensor: channel identity is untouched.
@@ -229,14 +230,16 @@ def _reshape(idx, node, layouts, opset):
 
 
 def _shape(idx, node, layouts, opset):
-    """Shape reads dimensions, not values: fine while nothing uses the channel count."""
+    """Shape reads dimensions, not values: fine while nothing uses the channel count (every
+    use a Gather of constant indices, negative ones counted from the back, none of which is
+    the channel axis)."""
     layout = _only_input0(node, layouts)
-    start = attr(node, "start", 0)
-    start = start + layout.rank if start < 0 else start
+    read = shape_range(node, layout.rank)
+    channel = read.index(layout.axis) if layout.axis in read else None
     for user, _ in idx.uses(node.output[0]):
         picks = idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-        if picks is None or attr(user, "axis", 0) != 0 or \
-                layout.axis - start in [int(p) for p in np.asarray(picks).reshape(-1)]:
+        picks = normalised(picks, len(read)) if picks is not None else None
+        if picks is None or attr(user, "axis", 0) not in (0, -1) or channel in picks:
             raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
     return Effect()
 

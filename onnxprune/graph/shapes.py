@@ -42,9 +42,7 @@ def shape_entries(idx: GraphIndex, name: str, depth: int = 0):
         rank = idx.rank(node.input[0])
         if rank is None:
             return None
-        start, end = attr(node, "start", 0), attr(node, "end", rank)
-        start, end = (s + rank if s < 0 else s for s in (start, end))
-        return [Dim(node.input[0], a) for a in range(start, min(end, rank))]
+        return [Dim(node.input[0], a) for a in shape_range(node, rank)]
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return shape_entries(idx, node.input[0], depth + 1)
     if op == "Concat":
@@ -55,16 +53,31 @@ def shape_entries(idx: GraphIndex, name: str, depth: int = 0):
                 return None
             out.extend(entries)
         return out
-    if op == "Gather" and attr(node, "axis", 0) == 0:
+    if op == "Gather" and attr(node, "axis", 0) in (0, -1):      # shape tensors are 1-D
         entries = shape_entries(idx, node.input[0], depth + 1)
         picks = idx.known_value(node.input[1])
-        if entries is None or picks is None:
-            return None
-        return [entries[int(i)] for i in np.asarray(picks).reshape(-1)]
+        picks = None if entries is None or picks is None else normalised(picks, len(entries))
+        return None if picks is None else [entries[i] for i in picks]
     folded = idx.known_value(name)
     if folded is not None:
         return [Const(int(v)) for v in np.asarray(folded).reshape(-1)]
     return None
+
+
+def shape_range(node, rank: int) -> range:
+    """The input axes a Shape node reads: `start`/`end` count from the back when negative and
+    are clamped to [0, rank], as ONNX specifies."""
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    start, end = (min(max(s + rank if s < 0 else s, 0), rank) for s in (start, end))
+    return range(start, end)
+
+
+def normalised(indices, size: int):
+    """Constant Gather indices into a 1-D tensor of `size` as non-negative ints (negative ones
+    count from the back); None when one is out of range."""
+    out = [int(i) for i in np.asarray(indices).reshape(-1)]
+    out = [i + size if i < 0 else i for i in out]
+    return out if all(0 <= i < size for i in out) else None
 
 
 def reshape_dims(idx: GraphIndex, data: str, entries: list):

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..io.calib import static_dim
 from ..io.largemodel import is_large, skeleton
 
 
@@ -42,11 +43,11 @@ def _value_info_dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+    return tuple(static_dim(d) for d in t.tensor_type.shape.dim)
 
 
 def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+    return tuple((d.dim_param or None) if static_dim(d) is None else static_dim(d)
                  for d in value_info.type.tensor_type.shape.dim)
 
 

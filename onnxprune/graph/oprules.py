@@ -15,7 +15,7 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
-from .reshape import reshape_effect
+from .reshape import flatten_effect, reshape_effect
 from .shapes import normalised, shape_range
 
 
@@ -201,28 +201,7 @@ def _reduce(idx, node, layouts, opset):
 
 
 def _flatten(idx, node, layouts, opset):
-    layout = _only_input0(node, layouts)
-    dims = idx.dims(node.input[0])
-    axis = attr(node, "axis", 1)
-    axis = axis + layout.rank if axis < 0 else axis
-    return _out(node, _merge_into_columns(node, layout, dims, axis, layout.rank, out_axis=1, out_rank=2))
-
-
-def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_axis: int, out_rank: int):
-    """Layout after dims [first, last) (holding the channel axis) merge into one axis."""
-    if layout.axis < first or layout.axis >= last:
-        raise Refusal(f"{node.op_type} '{node.name}' folds the channel axis into the rows")
-    if layout.block != 1:
-        raise Refusal(f"{node.op_type} '{node.name}' flattens channels that are already flattened")
-    if dims is None or any(d is None for d in dims[first:last]):
-        raise Refusal(f"{node.op_type} '{node.name}' has an input of unknown shape")
-    before = int(np.prod(dims[first:layout.axis], dtype=np.int64))
-    after = int(np.prod(dims[layout.axis + 1:last], dtype=np.int64))
-    if before == 1:
-        return Layout(out_axis, out_rank, layout.segments, block=after)
-    if after == 1:
-        return Layout(out_axis, out_rank, layout.segments, block=before, interleaved=True)
-    raise Refusal(f"{node.op_type} '{node.name}' interleaves the channels with axes on both sides")
+    return flatten_effect(idx, node, _only_input0(node, layouts))
 
 
 def _reshape(idx, node, layouts, opset):

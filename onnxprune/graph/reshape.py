@@ -1,4 +1,4 @@
-"""How a Reshape moves a channel layout: one named case per kind of shape change.
+"""How a Reshape (or a Flatten) moves a channel layout: one named case per kind of shape change.
 
 `reshape_effect` first works out the input and output dims (shapes.reshape_dims), then finds
 the output layout with the first layout case that applies (`reshaped_layout`), then checks the
@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .groups import AttrSite
-from .index import GraphIndex
+from .index import GraphIndex, attr
 from .layout import Layout
 from .roles import Effect, Refusal
 from .shapes import Const, Dim, reshape_dims, shape_entries
@@ -33,6 +33,34 @@ def reshape_effect(idx: GraphIndex, node, layout: Layout) -> Effect:
     effect = Effect(outputs={node.output[0]: new})
     effect.sites.extend(channel_width_sites(node, layout, new, entries[new.axis], dout))
     return effect
+
+
+def flatten_effect(idx: GraphIndex, node, layout: Layout) -> Effect:
+    """The Effect of Flatten `node`: its dims from `axis` on merge into the columns.
+
+    Example: Conv output [N, 6, 2, 2], Flatten(axis=1) -> [N, 24], C on axis 1, block 4."""
+    dims = idx.dims(node.input[0])
+    axis = attr(node, "axis", 1)
+    axis = axis + layout.rank if axis < 0 else axis
+    return Effect(outputs={node.output[0]: _merge_into_columns(node, layout, dims, axis, layout.rank,
+                                                              out_axis=1, out_rank=2)})
+
+
+def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_axis: int, out_rank: int):
+    """Layout after dims [first, last) (holding the channel axis) merge into one axis."""
+    if layout.axis < first or layout.axis >= last:
+        raise Refusal(f"{node.op_type} '{node.name}' folds the channel axis into the rows")
+    if layout.block != 1:
+        raise Refusal(f"{node.op_type} '{node.name}' flattens channels that are already flattened")
+    if dims is None or any(d is None for d in dims[first:last]):
+        raise Refusal(f"{node.op_type} '{node.name}' has an input of unknown shape")
+    before = int(np.prod(dims[first:layout.axis], dtype=np.int64))
+    after = int(np.prod(dims[layout.axis + 1:last], dtype=np.int64))
+    if before == 1:
+        return Layout(out_axis, out_rank, layout.segments, block=after)
+    if after == 1:
+        return Layout(out_axis, out_rank, layout.segments, block=before, interleaved=True)
+    raise Refusal(f"{node.op_type} '{node.name}' interleaves the channels with axes on both sides")
 
 
 # -- refusals before any layout is computed ---------------------------------------------------

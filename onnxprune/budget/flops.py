@@ -32,20 +32,10 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
     return 2 * total
 
 
-def _dims(idx: GraphIndex, name: str):
-    dims = idx.shapes.get(name)
-    if dims is None:
-        return None
-    dims = list(dims)
-    if dims and dims[0] is None:
-        dims[0] = 1
-    return None if any(d is None for d in dims) else dims
-
-
 def _macs(idx: GraphIndex, node) -> int | None:
-    out = _dims(idx, node.output[0])
-    a = _dims(idx, node.input[0])
-    b = _dims(idx, node.input[1])
+    out = idx.dims(node.output[0], batch=1)
+    a = idx.dims(node.input[0], batch=1)
+    b = idx.dims(node.input[1], batch=1)
     if out is None or a is None or b is None:
         return None
     if node.op_type == "Conv":

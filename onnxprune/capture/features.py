@@ -15,7 +15,7 @@ import numpy as np
 from ..graph.groups import ConvGeometry, Consumer
 
 
-def sample_major(x, c: Consumer):
+def samples_to_axis0(x, c: Consumer):
     """The captured tensor with samples on axis 0 (a transA Gemm reads them on axis 1)."""
     return x.T if (c.op == "Gemm" and c.trans_a) else x
 

@@ -37,7 +37,7 @@ def frontier(idx: GraphIndex, boundary: str) -> set:
     return out
 
 
-def sample_major(one: dict, two: dict) -> bool:
+def samples_on_axis0(one: dict, two: dict) -> bool:
     """Whether tensors computed for 1 and 2 samples hold the samples on axis 0.
 
     `one`/`two` map tensor names to values for the first sample and the first two samples:
@@ -52,6 +52,9 @@ def sample_major(one: dict, two: dict) -> bool:
         if not np.allclose(first, a.astype(np.float64), rtol=1e-4, atol=1e-5 * scale):
             return False
     return True
+
+
+sample_major = samples_on_axis0     # old name, still imported by tests/test_capture.py
 
 
 class TensorStore:

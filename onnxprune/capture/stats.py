@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import canonical_order, design_rows, sample_major, token_rows
+from .features import canonical_order, design_rows, samples_to_axis0, token_rows
 from ..graph.groups import Consumer
 
 # Rows are turned into features in chunks of at most this many float64 elements (64 MiB).
@@ -58,8 +58,8 @@ class GramAccumulator:
         """Accumulate one batch; `row_mask` ([samples, tokens] of 0/1) drops padding rows of
         token-wise (Gemm/MatMul) consumers whose rows are sample x token."""
         c, xp = self.consumer, self.xp
-        b_batch = sample_major(b_batch, c)
-        a_batch = sample_major(a_batch, c) if self.asym else None
+        b_batch = samples_to_axis0(b_batch, c)
+        a_batch = samples_to_axis0(a_batch, c) if self.asym else None
         if self.gram is None:
             self._start(b_batch, a_batch)
         per_sample = max(1, b_batch[:1].size * c.kernel_area)

@@ -14,7 +14,7 @@ import onnx
 from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
-from .prefix import TensorStore, frontier, region_model, sample_major
+from .prefix import TensorStore, frontier, region_model, samples_on_axis0
 from .stats import GramAccumulator
 
 Progress = Callable[[str, int, int], None]
@@ -115,7 +115,7 @@ class Capturer:
         sess = runtime.session(submodel(original, tensors, self.types), self.device)
         one = dict(zip(tensors, runtime.run(sess, {k: v[:1] for k, v in self.calib.arrays.items()}, tensors)))
         two = dict(zip(tensors, runtime.run(sess, {k: v[:2] for k, v in self.calib.arrays.items()}, tensors)))
-        return sample_major(one, two)
+        return samples_on_axis0(one, two)
 
     def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
                    original: onnx.ModelProto | None = None, weights: dict | None = None,

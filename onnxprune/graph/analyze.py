@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxPruneError
-from .index import GraphIndex, attr
+from .index import GraphIndex, attr, opset_version
 from .groups import Analysis, Group, Skipped
-from .oprules import Refusal, depthwise_conv, transfer
-from .roles import consumer, is_matmul_like, production
+from .oprules import transfer
+from .roles import Refusal, consumer, depthwise_conv, is_matmul_like, production
 
 
 def analyze(model: onnx.ModelProto, exclude: Iterable[str] = (), index: GraphIndex | None = None) -> Analysis:
@@ -30,7 +30,7 @@ def analyze(model: onnx.ModelProto, exclude: Iterable[str] = (), index: GraphInd
         raise OnnxPruneError(
             f"--exclude names no node of the model: {', '.join(sorted(unknown))} (see `onnxprune analyze` for names)"
         )
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_version(model)
     prop = _Propagation(idx, opset, exclude)
     prop.run()
     return prop.assemble()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layout import Layout
+from .layout import Layout, channel_indices  # noqa: F401 - solve/problem.py imports it from here
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,3 @@ def _output_channels(index, node) -> int:
         return int(w[0] if attr(node, "transB", 0) else w[-1])
     return int(w[-1])
 
-
-def channel_indices(kept, block: int):
-    """Positions along an axis of the kept channels when each channel owns `block` of them."""
-    kept = np.asarray(kept, dtype=np.int64)
-    return (kept[:, None] * block + np.arange(block, dtype=np.int64)).ravel()

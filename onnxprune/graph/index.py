@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..io.calib import static_dim
 from ..io.largemodel import is_large, skeleton
-
-Dim = "int | None"
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -35,15 +34,20 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> tuple | None:
+def opset_version(model: onnx.ModelProto, default: int = 1) -> int:
+    """The model's default-domain (ai.onnx) opset version; `default` when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
+
+
+def _value_info_dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+    return tuple(static_dim(d) for d in t.tensor_type.shape.dim)
 
 
 def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+    return tuple((d.dim_param or None) if static_dim(d) is None else static_dim(d)
                  for d in value_info.type.tensor_type.shape.dim)
 
 
@@ -91,7 +95,7 @@ class GraphIndex:
                 idx.consumers.setdefault(outer, []).append((node, -1))
         inferred = infer_shapes(model) if infer else model
         for vi in list(inferred.graph.value_info) + list(g.input) + list(g.output):
-            dims = _dims(vi)
+            dims = _value_info_dims(vi)
             if dims is not None:
                 idx.shapes[vi.name] = dims
                 idx.model_dims[vi.name] = _symbolic_dims(vi)
@@ -121,6 +125,19 @@ class GraphIndex:
             return self.array(name)
         return self.folded.get(name)
 
+    def dims(self, name: str, batch: int | None = None):
+        """A tensor's dims (None for an unknown dim), or None when its shape is unknown.
+
+        With `batch`, a dynamic first (batch) dim counts as `batch` and any other unknown dim
+        makes the whole shape unknown: a list of ints, or None."""
+        dims = self.shapes.get(name)
+        if batch is None or dims is None:
+            return dims
+        dims = list(dims)
+        if dims and dims[0] is None:
+            dims[0] = batch
+        return None if any(d is None for d in dims) else dims
+
     def uses(self, name: str) -> list:
         return self.consumers.get(name, [])
 
@@ -143,7 +160,7 @@ def _fold_constants(idx: "GraphIndex") -> dict:
     """Evaluate small nodes whose inputs are all known, in topological order."""
     from onnx.reference import ReferenceEvaluator
 
-    opset = next((o.version for o in idx.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_version(idx.model)
     known = {}
     for node in idx.model.graph.node:
         if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):

@@ -149,8 +149,15 @@ class Alive:
 
 def element_indices(positions, layout: Layout, total_positions: int) -> np.ndarray:
     """Element indices along the axis of the given (current) positions, block-expanded."""
+    if not layout.interleaved:
+        return channel_indices(positions, layout.block)
     positions = np.asarray(positions, dtype=np.int64)
     r = np.arange(layout.block, dtype=np.int64)
-    if layout.interleaved:
-        return (r[None, :] * total_positions + positions[:, None]).ravel()
-    return (positions[:, None] * layout.block + r[None, :]).ravel()
+    return (r[None, :] * total_positions + positions[:, None]).ravel()
+
+
+def channel_indices(positions, block: int) -> np.ndarray:
+    """Element indices of the given positions when each owns `block` contiguous elements
+    (position p: p*block ... p*block + block-1)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    return (positions[:, None] * block + np.arange(block, dtype=np.int64)[None, :]).ravel()

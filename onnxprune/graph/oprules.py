@@ -2,29 +2,21 @@
 
 A rule returns an `Effect` (output layouts, parameter/attribute sites, couplings between
 inputs) or raises `Refusal` with a reason a user can read. Ops not listed are refused:
-we never guess. Producers and consumers (Conv / Gemm / MatMul) are in roles.py.
+we never guess. Producers and consumers (Conv / Gemm / MatMul, depthwise Convs included),
+`Effect` and `Refusal` are in roles.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
-from .shapes import Const, Dim, reshape_dims, shape_entries
-
-
-class Refusal(Exception):
-    """Why channels cannot be pruned safely through this op."""
-
-
-@dataclass
-class Effect:
-    outputs: dict = field(default_factory=dict)     # output tensor -> Layout
-    sites: list = field(default_factory=list)       # ParamSite / AttrSite
-    couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
+from .roles import Effect, Refusal
+from .reshape import flatten_effect, reshape_effect
+from .shapes import normalised, shape_range
 
 
 # Element-wise ops of one tensor: channel identity is untouched.
@@ -99,10 +91,6 @@ def _axes(idx: GraphIndex, node, opset: int, attr_until: int, rank: int, input_i
     return None if axes is None else [a + rank if a < 0 else a for a in axes]
 
 
-def _dims(idx: GraphIndex, name: str):
-    return idx.shapes.get(name)
-
-
 def _out(node, layout: Layout) -> Effect:
     return Effect(outputs={node.output[0]: layout})
 
@@ -164,7 +152,7 @@ def _layer_norm(idx, node, layouts, opset):
 
 
 def _binary(idx, node, layouts, opset):
-    out_rank = len(_dims(idx, node.output[0]) or ()) or max(l.rank for l in layouts.values())
+    out_rank = len(idx.dims(node.output[0]) or ()) or max(l.rank for l in layouts.values())
     tracked = {i: replace(l, axis=l.axis + out_rank - l.rank, rank=out_rank) for i, l in layouts.items()}
     first = next(iter(tracked.values()))
     effect = _out(node, first)
@@ -181,7 +169,7 @@ def _binary(idx, node, layouts, opset):
             if site is not None:
                 effect.sites.append(site)
             continue
-        shape = _dims(idx, name)
+        shape = idx.dims(name)
         axis = first.axis - (out_rank - len(shape)) if shape is not None else None
         if shape is None or (axis is not None and axis >= 0 and shape[axis] != 1):
             source = idx.producer.get(name)
@@ -213,105 +201,24 @@ def _reduce(idx, node, layouts, opset):
 
 
 def _flatten(idx, node, layouts, opset):
-    layout = _only_input0(node, layouts)
-    dims = _dims(idx, node.input[0])
-    axis = attr(node, "axis", 1)
-    axis = axis + layout.rank if axis < 0 else axis
-    return _out(node, _merge_into_columns(node, layout, dims, axis, layout.rank, out_axis=1, out_rank=2))
-
-
-def _merge_into_columns(node, layout: Layout, dims, first: int, last: int, out_axis: int, out_rank: int):
-    """Layout after dims [first, last) (holding the channel axis) merge into one axis."""
-    if layout.axis < first or layout.axis >= last:
-        raise Refusal(f"{node.op_type} '{node.name}' folds the channel axis into the rows")
-    if layout.block != 1:
-        raise Refusal(f"{node.op_type} '{node.name}' flattens channels that are already flattened")
-    if dims is None or any(d is None for d in dims[first:last]):
-        raise Refusal(f"{node.op_type} '{node.name}' has an input of unknown shape")
-    before = int(np.prod(dims[first:layout.axis], dtype=np.int64))
-    after = int(np.prod(dims[layout.axis + 1:last], dtype=np.int64))
-    if before == 1:
-        return Layout(out_axis, out_rank, layout.segments, block=after)
-    if after == 1:
-        return Layout(out_axis, out_rank, layout.segments, block=before, interleaved=True)
-    raise Refusal(f"{node.op_type} '{node.name}' interleaves the channels with axes on both sides")
+    return flatten_effect(idx, node, _only_input0(node, layouts))
 
 
 def _reshape(idx, node, layouts, opset):
-    layout = _only_input0(node, layouts)
-    din = _dims(idx, node.input[0])
-    entries = shape_entries(idx, node.input[1])
-    dout = reshape_dims(idx, node.input[0], entries) if entries is not None else None
-    if dout is None and entries is not None and din is not None and layout.axis == len(din) - 1 \
-            and din[-1] is not None and len(entries) >= 2 and all(isinstance(e, Const) for e in entries[-2:]) \
-            and entries[-2].value * entries[-1].value == din[-1]:
-        raise Refusal(f"Reshape '{node.name}' splits the channel axis into {entries[-2].value} heads of "
-                      f"{entries[-1].value} (attention heads are not pruned)")
-    if din is None or dout is None or any(d is None for d in din[1:]) or any(d is None for d in dout[1:]) \
-            or (din[0] is None) != (dout[0] is None) or (din[0] is not None and din[0] != dout[0]):
-        raise Refusal(f"Reshape '{node.name}' has shapes onnxprune cannot follow (dynamic or batch-mixing)")
-    new = _reshaped_layout(layout, din, dout)
-    if new is None:
-        raise Refusal(f"Reshape '{node.name}' splits or scatters the channel axis")
-    effect = _out(node, new)
-    entry = entries[new.axis]
-    if isinstance(entry, Dim):
-        if not (entry.tensor == node.input[0] and entry.axis == layout.axis and new.block == layout.block):
-            raise Refusal(f"Reshape '{node.name}' sets its channel axis from another dimension")
-    elif entry.value == 0 and new.axis != layout.axis:
-        raise Refusal(f"Reshape '{node.name}' copies a dimension across the channel axis")
-    elif entry.value > 0:
-        if entry.initializer is None:
-            raise Refusal(f"Reshape '{node.name}' takes its channel width from a computed constant")
-        effect.sites.append(AttrSite(node.name, "reshape", (new,), name=entry.initializer, index=entry.index,
-                                     factor=dout[new.axis] // new.positions))
-    return effect
-
-
-def _reshaped_layout(layout: Layout, din, dout):
-    """The layout after a Reshape from dims `din` to `dout`, or None when it is scattered."""
-    a = layout.axis
-    prefix = int(np.prod(din[1:a], dtype=np.int64))
-    b = next((b for b in range(1, len(dout)) if int(np.prod(dout[1:b], dtype=np.int64)) == prefix), None)
-    if b is not None and b < len(dout):
-        inner_in = int(np.prod(din[a + 1:], dtype=np.int64))
-        inner_out = int(np.prod(dout[b + 1:], dtype=np.int64))
-        if dout[b] == din[a] and inner_out == inner_in:
-            return replace(layout, axis=b, rank=len(dout))                          # channel axis kept
-        if layout.block == 1 and not layout.interleaved and dout[b] % din[a] == 0 \
-                and dout[b] * inner_out == din[a] * inner_in:
-            return Layout(b, len(dout), layout.segments, block=dout[b] // din[a])   # merged with inner dims
-        if layout.block > 1 and not layout.interleaved and dout[b] == layout.positions \
-                and dout[b] * inner_out == din[a] * inner_in:
-            return Layout(b, len(dout), layout.segments)                            # un-flattened
-    merged = _nhwc_merge(din, dout, a)
-    if merged is not None and layout.block == 1:
-        return Layout(merged[0], len(dout), layout.segments, block=merged[1], interleaved=True)
-    return None
-
-
-def _nhwc_merge(din, dout, a):
-    """(axis, block) when the channel axis is the last of several merged dims (NHWC flatten)."""
-    for start in range(1, a):
-        merged = int(np.prod(din[start:a + 1], dtype=np.int64))
-        rest_in = int(np.prod(din[a + 1:], dtype=np.int64))
-        pre = int(np.prod(din[1:start], dtype=np.int64))
-        for b in range(1, len(dout)):
-            if int(np.prod(dout[1:b], dtype=np.int64)) == pre and dout[b] == merged \
-                    and int(np.prod(dout[b + 1:], dtype=np.int64)) == rest_in and rest_in == 1:
-                return b, merged // din[a]
-    return None
+    return reshape_effect(idx, node, _only_input0(node, layouts))
 
 
 def _shape(idx, node, layouts, opset):
-    """Shape reads dimensions, not values: fine while nothing uses the channel count."""
+    """Shape reads dimensions, not values: fine while nothing uses the channel count (every
+    use a Gather of constant indices, negative ones counted from the back, none of which is
+    the channel axis)."""
     layout = _only_input0(node, layouts)
-    start = attr(node, "start", 0)
-    start = start + layout.rank if start < 0 else start
+    read = shape_range(node, layout.rank)
+    channel = read.index(layout.axis) if layout.axis in read else None
     for user, _ in idx.uses(node.output[0]):
         picks = idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-        if picks is None or attr(user, "axis", 0) != 0 or \
-                layout.axis - start in [int(p) for p in np.asarray(picks).reshape(-1)]:
+        picks = normalised(picks, len(read)) if picks is not None else None
+        if picks is None or attr(user, "axis", 0) not in (0, -1) or channel in picks:
             raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
     return Effect()
 
@@ -326,7 +233,7 @@ def _squeeze(idx, node, layouts, opset):
     layout = _only_input0(node, layouts)
     axes = _axes(idx, node, opset, 13, layout.rank)
     if axes is None:
-        dims = _dims(idx, node.input[0])
+        dims = idx.dims(node.input[0])
         if dims is None or any(d is None for d in dims):
             raise Refusal(f"Squeeze '{node.name}' without axes on an input of unknown shape")
         axes = [i for i, d in enumerate(dims) if d == 1]
@@ -403,7 +310,7 @@ def _concat(idx, node, layouts, opset):
                 raise Refusal(f"Concat '{node.name}' joins channels laid out differently")
             parts.append(lay)
         else:
-            dims = _dims(idx, name)
+            dims = idx.dims(name)
             if dims is None or dims[axis] is None:
                 raise Refusal(f"Concat '{node.name}' has an input of unknown width ('{name}')")
             if dims[axis] % first.block:
@@ -471,29 +378,6 @@ def _gather(idx, node, layouts, opset):
     irank = np.asarray(idx.array(node.input[1])).ndim
     new_axis = layout.axis if axis > layout.axis else layout.axis - 1 + irank
     return _out(node, layout.with_axis(new_axis, layout.rank - 1 + irank))
-
-
-def depthwise_conv(idx: GraphIndex, node, layouts: dict) -> Effect | None:
-    """A depthwise Conv keeps channel identity: prune its filters and update `group`."""
-    layout = layouts.get(0)
-    group = attr(node, "group", 1)
-    if layout is None or group == 1 or set(layouts) != {0}:
-        return None
-    wshape = idx.shapes.get(node.input[1])
-    if not idx.is_constant(node.input[1]) or wshape is None:
-        raise Refusal(f"grouped Conv '{node.name}' has no constant weight")
-    channels = layout.positions
-    if not (group == channels and wshape[0] == channels and wshape[1] == 1) or layout.axis != 1 or layout.block != 1:
-        raise Refusal(f"channels reach grouped Conv '{node.name}' (group={group}); only depthwise "
-                      "convolutions with one filter per channel are followed")
-    effect = _out(node, layout)
-    effect.sites = [ParamSite(node.input[1], 0, layout)]
-    if len(node.input) > 2 and node.input[2]:
-        if not idx.is_constant(node.input[2]):
-            raise Refusal(f"depthwise Conv '{node.name}' has a non-constant bias")
-        effect.sites.append(ParamSite(node.input[2], 0, layout))
-    effect.sites.append(AttrSite(node.name, "conv_group", (layout,)))
-    return effect
 
 
 _HANDLERS = {

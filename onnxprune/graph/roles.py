@@ -1,15 +1,31 @@
 """Conv / Gemm / MatMul in their two roles: producing prunable channels (a *source*) and
-consuming them (their input weights get refitted). A node can play both."""
+consuming them (their input weights get refitted). A node can play both; a depthwise Conv
+plays neither and passes its input's channels through (`depthwise_conv`).
+
+`Refusal` (why channels cannot be followed) and `Effect` (what a node does to the channels
+reaching it) are the vocabulary of these roles and of the per-op rules in oprules.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .index import GraphIndex, attr
-from .groups import ConvGeometry, Consumer, ParamSite, Producer
+from .groups import AttrSite, ConvGeometry, Consumer, ParamSite, Producer
 from .layout import Layout, Segment
-from .oprules import Refusal
 
 MATMUL_LIKE = {"Conv", "Gemm", "MatMul"}
+
+
+class Refusal(Exception):
+    """Why channels cannot be pruned safely through this op."""
+
+
+@dataclass
+class Effect:
+    """What a node does to the channels reaching it (see oprules.transfer, depthwise_conv)."""
+
+    outputs: dict = field(default_factory=dict)     # output tensor -> Layout
+    sites: list = field(default_factory=list)       # ParamSite / AttrSite
+    couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,30 @@ def _per_channel(shape, n: int) -> bool:
 def _drop_bias_site(src: Source) -> Source:
     """A scalar-like bias is shared by every channel: nothing to slice."""
     return Source(src.producer, src.output, src.channels, src.layout, src.sites[:1])
+
+
+def depthwise_conv(idx: GraphIndex, node, layouts: dict) -> Effect | None:
+    """A depthwise Conv keeps channel identity: prune its filters and update `group`."""
+    layout = layouts.get(0)
+    group = attr(node, "group", 1)
+    if layout is None or group == 1 or set(layouts) != {0}:
+        return None
+    wshape = idx.shapes.get(node.input[1])
+    if not idx.is_constant(node.input[1]) or wshape is None:
+        raise Refusal(f"grouped Conv '{node.name}' has no constant weight")
+    channels = layout.positions
+    if not (group == channels and wshape[0] == channels and wshape[1] == 1) or layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"channels reach grouped Conv '{node.name}' (group={group}); only depthwise "
+                      "convolutions with one filter per channel are followed")
+    effect = Effect(outputs={node.output[0]: layout})
+    effect.sites = [ParamSite(node.input[1], 0, layout)]
+    if len(node.input) > 2 and node.input[2]:
+        if not idx.is_constant(node.input[2]):
+            raise Refusal(f"depthwise Conv '{node.name}' has a non-constant bias")
+        effect.sites.append(ParamSite(node.input[2], 0, layout))
+    effect.sites.append(AttrSite(node.name, "conv_group", (layout,)))
+    return effect
+
 
 
 def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:

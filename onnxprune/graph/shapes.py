@@ -42,9 +42,7 @@ def shape_entries(idx: GraphIndex, name: str, depth: int = 0):
         rank = idx.rank(node.input[0])
         if rank is None:
             return None
-        start, end = attr(node, "start", 0), attr(node, "end", rank)
-        start, end = (s + rank if s < 0 else s for s in (start, end))
-        return [Dim(node.input[0], a) for a in range(start, min(end, rank))]
+        return [Dim(node.input[0], a) for a in shape_range(node, rank)]
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return shape_entries(idx, node.input[0], depth + 1)
     if op == "Concat":
@@ -55,45 +53,107 @@ def shape_entries(idx: GraphIndex, name: str, depth: int = 0):
                 return None
             out.extend(entries)
         return out
-    if op == "Gather" and attr(node, "axis", 0) == 0:
+    if op == "Gather" and attr(node, "axis", 0) in (0, -1):      # shape tensors are 1-D
         entries = shape_entries(idx, node.input[0], depth + 1)
         picks = idx.known_value(node.input[1])
-        if entries is None or picks is None:
-            return None
-        return [entries[int(i)] for i in np.asarray(picks).reshape(-1)]
+        picks = None if entries is None or picks is None else normalised(picks, len(entries))
+        return None if picks is None else [entries[i] for i in picks]
     folded = idx.known_value(name)
     if folded is not None:
         return [Const(int(v)) for v in np.asarray(folded).reshape(-1)]
     return None
 
 
+def shape_range(node, rank: int) -> range:
+    """The input axes a Shape node reads: `start`/`end` count from the back when negative and
+    are clamped to [0, rank], as ONNX specifies."""
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    start, end = (min(max(s + rank if s < 0 else s, 0), rank) for s in (start, end))
+    return range(start, end)
+
+
+def normalised(indices, size: int):
+    """Constant Gather indices into a 1-D tensor of `size` as non-negative ints (negative ones
+    count from the back); None when one is out of range."""
+    out = [int(i) for i in np.asarray(indices).reshape(-1)]
+    out = [i + size if i < 0 else i for i in out]
+    return out if all(0 <= i < size for i in out) else None
+
+
 def reshape_dims(idx: GraphIndex, data: str, entries: list):
-    """Output dims of Reshape(data, entries): ints, None for the (shared) batch dimension."""
+    """Output dims of Reshape(data, entries): ints, None for the (shared) batch dimension;
+    None when they cannot be worked out.
+
+    Each entry gives one dim (`entry_dim`); a leading -1 standing for the batch becomes None
+    (`batch_wildcard`); at most one dynamic dim may pass through (`one_shared_batch`); a
+    remaining -1 is inferred from the element count (`infer_wildcard`).
+    """
     din = idx.shapes.get(data)
     if din is None:
         return None
     out = []
-    for i, e in enumerate(entries):
-        if isinstance(e, Dim):
-            dims = din if e.tensor == data else idx.shapes.get(e.tensor)
-            if dims is None:
-                return None
-            d = dims[e.axis]
-            if d is None and not (e.tensor == data and e.axis == 0):
-                return None
-            out.append(d)
-        elif e.value == 0:
-            out.append(din[i])
-        else:
-            out.append(e.value)
-    known_in = [d for d in din if d is not None]
-    batch_free = int(np.prod(known_in, dtype=np.int64))
-    if din[0] is None and out and out[0] == -1 and None not in out \
-            and int(np.prod(out[1:], dtype=np.int64)) == batch_free:
-        out[0] = None                       # the -1 is the batch dimension
-    if sum(d is None for d in din) != sum(d is None for d in out) or sum(d is None for d in din) > 1:
+    for i, entry in enumerate(entries):
+        dim = entry_dim(idx, data, din, i, entry)
+        if dim is UNKNOWN:
+            return None
+        out.append(dim)
+    batch_free = _prod([d for d in din if d is not None])
+    if batch_wildcard(din, out, batch_free):
+        out[0] = None
+    if not one_shared_batch(din, out):
         return None
+    return infer_wildcard(out, batch_free)
+
+
+UNKNOWN = object()
+
+
+def _prod(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def entry_dim(idx: GraphIndex, data: str, din, i: int, entry):
+    """The dim entry `i` asks for: read from a shape (Dim), copied from input dim i (0), or
+    the value itself (-1 stays -1); UNKNOWN when a read dim is unknown (other than the
+    data's own batch dim, which stays None).
+
+    Example: data [N, 6, 2, 2], shape Concat(Unsqueeze(Gather(Shape(data), 0)), [6], [0], [-1])
+    -> entries Dim(data, 0), 6, 0, -1 -> dims None, 6, 2, -1."""
+    if isinstance(entry, Dim):
+        dims = din if entry.tensor == data else idx.shapes.get(entry.tensor)
+        if dims is None:
+            return UNKNOWN
+        d = dims[entry.axis]
+        if d is None and not (entry.tensor == data and entry.axis == 0):
+            return UNKNOWN
+        return d
+    if entry.value == 0:
+        return din[i]
+    return entry.value
+
+
+def batch_wildcard(din, out, batch_free: int) -> bool:
+    """Whether a leading -1 stands for the dynamic batch: every other output dim is known
+    and they hold all the non-batch input elements.
+
+    Example: data [N, 6, 2, 2] (24 elements a sample), target [-1, 24] -> yes ([N, 24]);
+    target [-1, 6] -> no (the -1 would mix the batch with the spatial dims)."""
+    return din[0] is None and bool(out) and out[0] == -1 and None not in out and _prod(out[1:]) == batch_free
+
+
+def one_shared_batch(din, out) -> bool:
+    """Whether input and output have the same number of dynamic dims, at most one.
+
+    Example: [N, 6, 2, 2] -> [N, 24]: yes; [N, T, 8] -> [N, T, 2, 4] (T dynamic): no."""
+    unknown = sum(d is None for d in din)
+    return unknown == sum(d is None for d in out) and unknown <= 1
+
+
+def infer_wildcard(out, batch_free: int) -> list:
+    """`out` with its first -1 replaced by what the known dims leave of the sample's elements.
+
+    Example: data [N, 6, 2, 2], out [None, 6, -1] -> [None, 6, 4]."""
     if -1 in out:
-        rest = int(np.prod([d for d in out if d not in (None, -1)], dtype=np.int64))
+        rest = _prod([d for d in out if d not in (None, -1)])
         out[out.index(-1)] = batch_free // rest
     return out

@@ -41,6 +41,12 @@ class Calibration:
         return Calibration({k: v[:n] for k, v in self.arrays.items()}, self.source)
 
 
+def static_dim(dim) -> int | None:
+    """A TensorShapeProto dim as onnxruntime reads it: its value when positive, else None
+    (dynamic): symbolic, absent, or a non-positive dim_value such as paddle2onnx's -1 batch."""
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
 def input_specs(model: onnx.ModelProto) -> list:
     """The model's runtime inputs (initializers listed as inputs excluded)."""
     inits = {t.name for t in model.graph.initializer}
@@ -50,7 +56,7 @@ def input_specs(model: onnx.ModelProto) -> list:
             continue
         tt = vi.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        dims = tuple(static_dim(d) for d in tt.shape.dim)
         specs.append(InputSpec(vi.name, dtype, dims))
     return specs
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..capture.features import canonical_order, design_rows, sample_major, token_rows
+from ..capture.features import canonical_order, design_rows, samples_to_axis0, token_rows
 from ..graph.groups import Consumer
 from ..solve.xp import to_numpy
 from . import importance
@@ -54,7 +54,7 @@ class SensitivityAccumulator:
         """One batch of the consumer's input; `row_mask` leaves padding tokens out, as in the
         Gram statistics. The second argument (the original model's input in asym) is unused."""
         c, xp = self.consumer, self.xp
-        batch = sample_major(batch, c)
+        batch = samples_to_axis0(batch, c)
         keep_rows = token_rows(c, batch, row_mask)
         if self._weights is None:
             self._prepare(design_rows(xp.asarray(batch[:1]), c, xp, xp.float32).shape)

@@ -9,7 +9,7 @@ from onnxprune.capture import stats as stats_module
 from onnxprune.capture.stream import Capturer
 from onnxprune.graph.groups import Consumer
 from onnxprune.graph.layout import Layout, Segment
-from onnxprune.capture.prefix import TensorStore, sample_major
+from onnxprune.capture.prefix import TensorStore, samples_on_axis0
 from onnxprune.capture.stats import GramAccumulator
 
 
@@ -23,7 +23,7 @@ def test_incremental_capture_equals_capture_from_the_inputs(monkeypatch, build, 
     model = build()
     data = B.random_inputs(model, 40)
     fast, fast_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
-    monkeypatch.setattr(Capturer, "_frontiers_are_sample_major", lambda self, original: False)
+    monkeypatch.setattr(Capturer, "_frontiers_are_samples_on_axis0", lambda self, original: False)
     slow, slow_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
     assert [g["kept"] for g in fast_report.groups] == [g["kept"] for g in slow_report.groups]
     w_fast, w_slow = weights(fast), weights(slow)
@@ -31,13 +31,13 @@ def test_incremental_capture_equals_capture_from_the_inputs(monkeypatch, build, 
         np.testing.assert_allclose(w_fast[name], w_slow[name], rtol=1e-5, atol=1e-6)
 
 
-def test_sample_major_probe_rejects_batch_on_another_axis():
+def test_samples_on_axis0_probe_rejects_batch_on_another_axis():
     rng = np.random.default_rng(0)
     two = rng.standard_normal((2, 3, 4))
-    assert sample_major({"t": two[:1]}, {"t": two})
+    assert samples_on_axis0({"t": two[:1]}, {"t": two})
     tokens_first = rng.standard_normal((5, 2, 3))          # [T, N, H]
-    assert not sample_major({"t": tokens_first[:, :1]}, {"t": tokens_first})
-    assert not sample_major({"t": two[:1]}, {"t": two + 1})  # different values
+    assert not samples_on_axis0({"t": tokens_first[:, :1]}, {"t": tokens_first})
+    assert not samples_on_axis0({"t": two[:1]}, {"t": two + 1})  # different values
 
 
 def test_tensor_store_roundtrip_and_eviction_keeps_other_files():

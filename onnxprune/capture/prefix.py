@@ -54,7 +54,6 @@ def samples_on_axis0(one: dict, two: dict) -> bool:
     return True
 
 
-sample_major = samples_on_axis0     # old name, still imported by tests/test_capture.py
 
 
 class TensorStore:

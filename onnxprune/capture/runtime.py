@@ -17,6 +17,7 @@ import onnx
 
 from ..io.atomic import Staged
 from ..errors import OnnxPruneError
+from ..graph.index import opset_version
 from ..io.largemodel import is_large
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -124,7 +125,7 @@ def explain_failure(model: onnx.ModelProto, exc: BaseException) -> str:
     if opset:
         return (f"{ours} supports ai.onnx opsets up to {opset[2]}, the model uses opset {opset[1]}; "
                 f"re-export it with opset {opset[2]} or lower (or onnx.version_converter) or upgrade onnxruntime")
-    default = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    default = opset_version(model, default=None)
     if default is not None and default < MIN_OPSET:
         return (f"{ours} cannot run this opset {default} model ({text}); it supports ai.onnx opset "
                 f"{MIN_OPSET} and newer: convert the model with onnx.version_converter")

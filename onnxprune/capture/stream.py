@@ -102,10 +102,10 @@ class Capturer:
         """Prepare incremental streams for groups whose producers are `boundaries`, in order."""
         self.types = GraphIndex.build(original)
         self.frontiers = [frontier(self.types, b) for b in boundaries]
-        self.cacheable = self._frontiers_are_sample_major(original)
+        self.cacheable = self._frontiers_are_samples_on_axis0(original)
         self.step = 0
 
-    def _frontiers_are_sample_major(self, original: onnx.ModelProto) -> bool:
+    def _frontiers_are_samples_on_axis0(self, original: onnx.ModelProto) -> bool:
         """Caching needs every frontier tensor laid out sample by sample; check it on 1 and 2
         samples (models with a fixed batch size cannot be checked, so they are not cached)."""
         tensors = sorted(set().union(*self.frontiers)) if self.frontiers else []

@@ -257,6 +257,3 @@ def evaluate_command(model, data, labels, reference, samples, batch_size, device
         for name, value in doc["reference"]["output_rel_error"].items():
             click.echo(f"  relative output error {name}: {value:.3e}")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""`python -m onnxprune.cli`: the same command as `onnxprune`."""
+from . import main
+
+main()

@@ -34,8 +34,6 @@ CALIB = {"yolo_c2f": "yolo_c2f", "mobilenetv3_se": "mobilenetv3_se",
 SPLIT_BUG = ("shared split-sizes initializer: pruning the neck C2f's cv1 rewrites the one [16, 16] constant "
              "its Split shares with the backbone Splits (onnx: \"Mismatch between the sum of 'split'\"); "
              "being fixed in onnxprune/rewrite")
-DIMNEG_BUG = ("batch dim stored as dim_value -1 (paddle2onnx): capture accumulates nothing "
-              "(\"no calibration rows were accumulated\"); being fixed in onnxprune/io/calib.py")
 
 
 def load(name):
@@ -191,8 +189,7 @@ def check_half_keep(model, data):
     pytest.param("yolo_c2f", marks=pytest.mark.xfail(
         strict=False, raises=onnx.shape_inference.InferenceError, reason=SPLIT_BUG)),
     "mobilenetv3_se",
-    pytest.param("mobilenetv3_se_dimneg", marks=pytest.mark.xfail(
-        strict=False, raises=ValueError, reason=DIMNEG_BUG)),
+    "mobilenetv3_se_dimneg",
 ])
 def test_half_keep_is_the_masked_original(name):
     check_half_keep(*load(name))

@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 
 import builders as B
 from onnxprune import analyze, prune
+from onnxprune.graph.layout import Alive
 from onnxprune.rewrite.masked import masked_original
+from onnxprune.solve.problem import ChannelView
 
 EXAMPLES = int(os.environ.get("ONNXPRUNE_PROPERTY_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, derandomize=EXAMPLES <= 40, deadline=None, database=None,
@@ -296,6 +298,12 @@ def accepted_channel_reads(dag: Dag, groups) -> list:
     return [r for r in dag.shape_reads if r.reads_channels and r.tensor in tracked]
 
 
+def partial_consumers(groups) -> list:
+    """Consumers that see only some of a group's channels (one output of a Split)."""
+    return [c.node for g in groups for c in g.consumers
+            if len(ChannelView.of(c, set(g.sources), g.channels, Alive()).members) < g.channels]
+
+
 def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_known=True) -> None:
     model = dag.model
     analysis = analyze(model)
@@ -312,7 +320,12 @@ def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_kno
     same, _ = prune(model, data, keep=1.0, mode=mode)
     np.testing.assert_array_equal(B.run(same, check)[0], y)
 
-    pruned, report = prune(model, data, keep=keep, mode=mode, method=method, reweight=False, seed=seed)
+    try:
+        pruned, report = prune(model, data, keep=keep, mode=mode, method=method, reweight=False, seed=seed)
+    except Exception as exc:
+        if skip_known and "greater than 0" in str(exc) and partial_consumers(analysis.groups):
+            reject()    # known bug: test_split_piece_emptied_by_pruning
+        raise
     onnx.checker.check_model(pruned, full_check=True)
     kept = {r["name"]: r["kept"] for r in report.groups}
     (z,) = B.run(pruned, check)
@@ -361,3 +374,19 @@ def test_negative_gather_of_the_channel_count(rank, index):
     dag = shape_read_model(rank, index)
     check_dag(dag, 0.5, "seq", "greedy", 0, skip_known=False)
     assert not analyze(dag.model).groups
+
+
+@pytest.mark.xfail(strict=True, reason="product bug found by this property: a consumer that reads one Split piece "
+                                       "gets zero input channels when pruning removes the whole piece; the rewritten "
+                                       "Conv has 0 input channels and onnxruntime refuses to run it")
+def test_split_piece_emptied_by_pruning():
+    """conv (4 ch) -> Split [1, 3] -> conv_x (reads channel 0 only), conv_y -> Add. Keeping one
+    channel out of 4 that is not channel 0 leaves conv_x with nothing to read."""
+    b = B.GraphBuilder(0)
+    h = b.relu(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4, name="conv"))
+    first = b.node("Split", [h, b.const(np.array([1, 3]), "sizes")], name="split", outputs=2, axis=1)
+    total = b.node("Add", [b.conv(first, 1, 2, name="conv_x"), b.conv("split_out1", 3, 2, name="conv_y")])
+    b.output(total)
+    dag = Dag(b.model(), (3, 5, 5))
+    assert partial_consumers(analyze(dag.model).groups) == ["conv_x", "conv_y"]
+    check_dag(dag, 0.25, "seq", "random", 0, skip_known=False)

@@ -304,6 +304,25 @@ def partial_consumers(groups) -> list:
             if len(ChannelView.of(c, set(g.sources), g.channels, Alive()).members) < g.channels]
 
 
+def refolded_gemms(groups) -> list:
+    """Gemm consumers with alpha or beta != 1 that read several groups."""
+    seen = {}
+    for g in groups:
+        for c in g.consumers:
+            if c.op == "Gemm" and (c.alpha != 1.0 or c.beta != 1.0):
+                seen[c.node] = seen.get(c.node, 0) + 1
+    return [n for n, k in seen.items() if k > 1]
+
+
+def known_split_failure(message: str, groups) -> bool:
+    """A failure of the known Split bugs: an emptied piece onnxruntime cannot run, or a Split
+    sizes input appended once per group sharing the Split."""
+    splits = [a.node for g in groups for a in g.attr_sites if a.kind == "split"]
+    empty = any(m in message for m in ("greater than 0", "invalid channel count"))
+    twice = "Split" in message and "input size 3" in message and len(splits) > len(set(splits))
+    return bool(splits) and (empty or twice)
+
+
 def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_known=True) -> None:
     model = dag.model
     analysis = analyze(model)
@@ -320,11 +339,13 @@ def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_kno
     same, _ = prune(model, data, keep=1.0, mode=mode)
     np.testing.assert_array_equal(B.run(same, check)[0], y)
 
+    if skip_known and refolded_gemms(analysis.groups):
+        reject()        # known bug: test_gemm_alpha_beta_folded_twice
     try:
         pruned, report = prune(model, data, keep=keep, mode=mode, method=method, reweight=False, seed=seed)
     except Exception as exc:
-        if skip_known and "greater than 0" in str(exc) and partial_consumers(analysis.groups):
-            reject()    # known bug: test_split_piece_emptied_by_pruning
+        if skip_known and known_split_failure(str(exc), analysis.groups):
+            reject()    # known bugs: test_split_piece_emptied_by_pruning, test_split_sizes_input_added_twice
         raise
     onnx.checker.check_model(pruned, full_check=True)
     kept = {r["name"]: r["kept"] for r in report.groups}
@@ -390,3 +411,39 @@ def test_split_piece_emptied_by_pruning():
     dag = Dag(b.model(), (3, 5, 5))
     assert partial_consumers(analyze(dag.model).groups) == ["conv_x", "conv_y"]
     check_dag(dag, 0.25, "seq", "random", 0, skip_known=False)
+
+
+def two_group_gemm(alpha: float, beta: float) -> Dag:
+    """fa, fb (3 outputs each) -> Relu -> Concat -> head Gemm(alpha, beta): head reads two groups."""
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", 4])
+    cat = b.node("Concat", [b.relu(b.gemm(x, 4, 3, name="fa")), b.relu(b.gemm(x, 4, 3, name="fb"))], axis=1)
+    b.output(b.gemm(cat, 6, 2, name="head", alpha=alpha, beta=beta))
+    return Dag(b.model(), (4,))
+
+
+def test_gemm_reading_two_groups_with_unit_alpha_beta():
+    check_dag(two_group_gemm(1.0, 1.0), 0.5, "seq", "greedy", 0, skip_known=False)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug found by this property: a Gemm consumer of two groups gets "
+                                       "alpha/beta folded into its weights/bias once per group, because "
+                                       "consumer_matrix/consumer_update use the analysed alpha/beta, not the "
+                                       "current node's (reset to 1 by the first group): outputs scale by alpha^2")
+@pytest.mark.parametrize("alpha, beta", [(0.5, 1.0), (1.0, 2.0)])
+def test_gemm_alpha_beta_folded_twice(alpha, beta):
+    check_dag(two_group_gemm(alpha, beta), 0.5, "seq", "greedy", 0, skip_known=False)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug found by this property: a Split without sizes (opset >= 13) "
+                                       "whose input holds two groups gets a sizes input appended by each group's "
+                                       "rewrite (rewrite/apply._write_count), leaving 3 inputs: invalid model")
+@pytest.mark.parametrize("opset", [13, 18])
+def test_split_sizes_input_added_twice(opset):
+    """ca, cb (2 ch each) -> Concat -> Split into 2 equal parts (no sizes) -> cx, cy -> Add."""
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", 3, 4, 4])
+    cat = b.node("Concat", [b.relu(b.conv(x, 3, 2, name="ca")), b.relu(b.conv(x, 3, 2, name="cb"))], axis=1)
+    first = b.node("Split", [cat], name="split", outputs=2, axis=1, **({"num_outputs": 2} if opset >= 18 else {}))
+    b.output(b.node("Add", [b.conv(first, 2, 2, name="cx"), b.conv("split_out1", 2, 2, name="cy")]))
+    check_dag(Dag(b.model(opset=opset), (3, 4, 4)), 0.5, "seq", "greedy", 0, skip_known=False)

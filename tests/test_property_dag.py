@@ -447,3 +447,17 @@ def test_split_sizes_input_added_twice(opset):
     first = b.node("Split", [cat], name="split", outputs=2, axis=1, **({"num_outputs": 2} if opset >= 18 else {}))
     b.output(b.node("Add", [b.conv(first, 2, 2, name="cx"), b.conv("split_out1", 2, 2, name="cy")]))
     check_dag(Dag(b.model(opset=opset), (3, 4, 4)), 0.5, "seq", "greedy", 0, skip_known=False)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug found by this property (same root cause as "
+                                       "test_split_piece_emptied_by_pruning): an emptied Split piece is a 0-channel "
+                                       "tensor; through an AveragePool onnxruntime refuses the model ('invalid "
+                                       "channel count')")
+def test_split_piece_emptied_before_a_pool():
+    """conv (4 ch) -> Split [1, 3] -> piece 0 -> AveragePool -> Concat(piece 1, pooled) -> c2."""
+    b = B.GraphBuilder(0)
+    h = b.relu(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4, name="conv"))
+    first = b.node("Split", [h, b.const(np.array([1, 3]), "sizes")], name="split", outputs=2, axis=1)
+    pooled = b.node("AveragePool", [first], kernel_shape=[3, 3], pads=[1] * 4)
+    b.output(b.conv(b.node("Concat", ["split_out1", pooled], axis=1), 4, 2, name="c2"))
+    check_dag(Dag(b.model(opset=20, ir_version=9), (3, 5, 5)), 0.25, "seq", "random", 0, skip_known=False)

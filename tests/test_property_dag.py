@@ -12,7 +12,13 @@ For every model: either analysis finds no group (refused, fine) or keep=1 reprod
 outputs exactly and a reweight-free pruning equals the original with the removed channels'
 consumer rows zeroed (rewrite/masked.py) - the check that catches wrong-row surgery.
 
-CI runs a derandomized 40 examples; ONNXPRUNE_PROPERTY_EXAMPLES=N runs more (random).
+CI runs a derandomized 40 examples; ONNXPRUNE_PROPERTY_EXAMPLES=N runs N random ones, e.g.
+    ONNXPRUNE_PROPERTY_EXAMPLES=2000 python -m pytest -q -p no:cacheprovider \
+        tests/test_property_dag.py -k test_random_dags --hypothesis-seed=1
+
+Known product bugs are skipped (hypothesis.reject) in the property and pinned by strict xfail
+repros below, so fixing one turns its repro into an XPASS failure: then drop its xfail mark
+and its filter (accepted_channel_reads, refolded_gemms, known_split_failure).
 """
 import os
 from dataclasses import dataclass, field
@@ -262,7 +268,7 @@ class Gen:
 
 
 @st.composite
-def dags(draw, negative_channel_reads=None) -> Dag:
+def dags(draw) -> Dag:
     opset = draw(st.sampled_from(sorted(IR)))
     g = Gen(draw, opset)
     domain = draw(st.sampled_from(["conv", "conv", "dense", "tokens"]))

@@ -335,9 +335,7 @@ def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_kno
     if not analysis.groups:
         return                                      # refused: fine
     bad = accepted_channel_reads(dag, analysis.groups)
-    if skip_known and bad and all(r.index < 0 for r in bad):
-        reject()        # known bug, fixed elsewhere: test_negative_gather_of_the_channel_count
-    assert not bad or not skip_known, f"a Shape read of the channel count was accepted: {bad}"
+    assert not bad, f"a Shape read of the channel count was accepted: {bad}"
     rng = np.random.default_rng(seed)
     data = {"x": rng.standard_normal((16, *dag.input_shape)).astype(np.float32)}
     check = {"x": rng.standard_normal((4, *dag.input_shape)).astype(np.float32)}
@@ -393,9 +391,6 @@ def test_shape_reads(rank, index):
     check_dag(dag, 0.5, "seq", "greedy", 0, skip_known=False)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, being fixed elsewhere: Shape -> Gather with a negative index on "
-                                       "the channel axis is accepted (oprules._shape does not normalise it), so the "
-                                       "pruned model divides by the kept channel count")
 @pytest.mark.parametrize("rank, index", [(4, -3), (2, -1)])
 def test_negative_gather_of_the_channel_count(rank, index):
     dag = shape_read_model(rank, index)

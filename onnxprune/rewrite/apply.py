@@ -57,15 +57,20 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
 
 
 def _touched(model: onnx.ModelProto, group: Group) -> set:
-    """Initializers this group's rewrite may read or change: its sites, and every constant
-    input of its producers, consumers and the bias Adds onnxprune attached to them."""
+    """Initializers this group's rewrite may read or change: its sites (and the copies earlier
+    groups made of shared count constants), and every constant input of its producers,
+    consumers, count nodes and the bias Adds onnxprune attached to them."""
     owners = {n for p in group.producers for n in p.nodes} | {c.node for c in group.consumers}
     owners |= {c.bias_node for c in group.consumers if c.bias_node}
     added = tuple(f"{n}{ADDED_BIAS}_add" for n in owners)
     names = {s.name for s in group.sites} | {a.name for a in group.attr_sites if a.name}
+    copies = tuple(f"{a.name}." for a in group.attr_sites if a.name)    # see _set_input
+    owners |= {a.node for a in group.attr_sites}
     for node in model.graph.node:
         if node.name in owners or node.name.startswith(added):
             names.update(node.input)
+    if copies:
+        names.update(t.name for t in model.graph.initializer if t.name.startswith(copies))
     return names
 
 
@@ -102,20 +107,86 @@ def _write_count(graph, node, site, after: Alive, tensors, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
     elif site.kind == "split":
-        sizes = [after.current_positions(lay) * lay.block for lay in site.layouts]
+        sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
         if site.name is not None:
-            tensors[site.name].values = np.asarray(sizes, dtype=np.int64)
+            _set_input(graph, node, 1, sizes, taken, f"{node.name}.split")
         elif graph.opset < 13:
-            node.attrs["split"] = sizes
+            node.attrs["split"] = [int(s) for s in sizes]
         else:
-            node.inputs.append(gs.Constant(_unique(f"{node.name}.split", taken), np.asarray(sizes, dtype=np.int64)))
+            node.inputs.append(gs.Constant(_unique(f"{node.name}.split", taken), sizes))
             node.attrs.pop("num_outputs", None)
     elif site.kind == "reshape":
-        shape = np.array(tensors[site.name].values, copy=True)
+        reader, slot = _shape_reader(graph, node, site.name, taken)
+        shape = np.array(reader.inputs[slot].values, copy=True)
         shape[site.index] = after.current_positions(site.layouts[0]) * site.factor
-        tensors[site.name].values = shape
+        _set_input(graph, reader, slot, shape, taken, f"{site.name}.{reader.name}")
     else:  # pragma: no cover - analysis only emits the kinds above
         raise ValueError(site.kind)
+
+
+# -- constants other nodes also read -------------------------------------------------------
+# Analysis refuses a group whose parameters (ParamSite, consumer weights and biases) another
+# node reads. Counts (Split sizes, Reshape entries) are different: exporters share one small
+# constant between many nodes (torch gives every C2f Split of a YOLOv8 one [c, c] tensor), and
+# each reader may belong to another group or to none. Such a constant is never changed in
+# place: the rewritten node gets its own copy, a new initializer, and the others keep theirs.
+
+def _shared(graph, tensor, reader) -> bool:
+    """Whether anything but `reader` reads `tensor` (another node, a subgraph, the output)."""
+    return any(n is not reader for n in tensor.outputs) or any(t is tensor for t in graph.outputs)
+
+
+def _set_input(graph, node, slot: int, values: np.ndarray, taken: set, base: str) -> None:
+    """Give input `slot` of `node` the constant `values`: in place when it is an initializer
+    only `node` reads, else as a new initializer for `node` alone (so is a Constant node's
+    output that loading left a node, or a tensor computed from constants only)."""
+    current = node.inputs[slot]
+    if isinstance(current, gs.Constant) and not _shared(graph, current, node):
+        current.values = values
+        return
+    node.inputs[slot] = gs.Constant(_unique(base, taken), values)
+
+
+def _shape_reader(graph, node, name: str, taken: set) -> tuple:
+    """(node, input slot) reading shape initializer `name` (or the copy an earlier group made
+    of it) on the way into Reshape `node`'s shape, with that way made private to `node`.
+
+    The shape may reach the Reshape through a few nodes (torch: Concat(Unsqueeze(batch),
+    [c * h * w])); where a tensor on that way has other readers, the nodes from there on are
+    cloned for this Reshape, so the copy of the constant changes no other Reshape."""
+    path = _path_to(node.inputs[1], name, 0)
+    if path is None:   # pragma: no cover - analysis only lists a shape it followed to `name`
+        raise ValueError(f"Reshape '{node.name}' no longer reads shape constant '{name}'")
+    path.append((node, 1))
+    for i in range(len(path) - 1, 0, -1):
+        reader, slot = path[i]
+        tensor = reader.inputs[slot]
+        if not _shared(graph, tensor, reader):
+            continue
+        producer = tensor.inputs[0]
+        clone = gs.Node(producer.op, name=_unique(f"{producer.name}.{node.name}", {n.name for n in graph.nodes}),
+                        attrs=dict(producer.attrs), inputs=list(producer.inputs),
+                        outputs=[gs.Variable(_unique(f"{tensor.name}.{node.name}", taken), tensor.dtype,
+                                             tensor.shape)], domain=producer.domain)
+        graph.nodes.insert(graph.nodes.index(producer), clone)
+        reader.inputs[slot] = clone.outputs[0]
+        path[i - 1] = (clone, path[i - 1][1])
+    return path[0]
+
+
+def _path_to(tensor, name: str, depth: int):
+    """[(node, input slot), ...] from the reader of constant `name` (or a copy of it) down to
+    the node reading `tensor`, or None when `tensor` does not derive from it."""
+    if isinstance(tensor, gs.Constant):
+        return [] if tensor.name == name or tensor.name.startswith(f"{name}.") else None
+    if depth > 16 or not tensor.inputs:
+        return None
+    producer = tensor.inputs[0]
+    for slot, inp in enumerate(producer.inputs):
+        found = _path_to(inp, name, depth + 1)
+        if found is not None:
+            return found + [(producer, slot)]
+    return None
 
 
 def _added_bias(graph, node):

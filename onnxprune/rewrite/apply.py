@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from ..graph.groups import Group
 from ..io.largemodel import is_large, restore, skeleton, with_graph
@@ -226,7 +227,9 @@ def _unique(base: str, taken: set) -> str:
 
 def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export, keeping the original's IR version, opsets, metadata, functions and input list."""
-    out = with_graph(original, gs.export_onnx(graph, do_type_check=False).graph)
+    # export_graph, not export_onnx: only the GraphProto is used, and export_onnx would copy
+    # it once more into a ModelProto (a third copy of every initializer per group).
+    out = with_graph(original, OnnxExporter.export_graph(graph, do_type_check=False))
     del out.graph.value_info[:]
     _inputs_like(out, original)
     return out

@@ -190,3 +190,23 @@ def test_splits_sizes_shared_with_an_unpruned_block():
     for n in pruned.graph.node:
         if n.name in ("b0.split", "b2.split"):
             assert values[n.input[1]] == [4, 4]
+
+
+def test_shared_per_channel_constant_is_still_refused_by_analysis():
+    """Per-channel parameters are not copied: a scale two branches share ties their channels,
+    so analysis leaves both alone (only counts, Split sizes and Reshape entries, are copied)."""
+    model = two_reshape_branches()
+    model.graph.initializer.append(_w("scale", 1, 8, 1, 1))
+    for node in model.graph.node:
+        if node.op_type == "Reshape":
+            b = node.name[-1]
+            node.input[0] = f"m_{b}"
+    relus = [i for i, n in enumerate(model.graph.node) if n.op_type == "Relu"]
+    for i in reversed(relus):
+        b = model.graph.node[i].name[-1]
+        model.graph.node.insert(i + 1, helper.make_node("Mul", [f"r_{b}", "scale"], [f"m_{b}"], name=f"mul_{b}"))
+    onnx.checker.check_model(model, full_check=True)
+    a = analyze(model)
+    assert not a.groups
+    reasons = {s.node: s.reason for s in a.skipped}
+    assert "initializer 'scale' is shared by nodes mul_a, mul_b" in reasons["conv_a"]

@@ -180,8 +180,8 @@ def _path_to(tensor, name: str, depth: int):
     the node reading `tensor`, or None when `tensor` does not derive from it."""
     if isinstance(tensor, gs.Constant):
         return [] if tensor.name == name or tensor.name.startswith(f"{name}.") else None
-    if depth > 16 or not tensor.inputs:
-        return None
+    if depth > 16 or not tensor.inputs or tensor.inputs[0].op == "Shape":
+        return None     # a Shape's output derives from no constant: the search stays off the data path
     producer = tensor.inputs[0]
     for slot, inp in enumerate(producer.inputs):
         found = _path_to(inp, name, depth + 1)

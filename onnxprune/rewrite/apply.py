@@ -4,7 +4,9 @@ Writes the consumers' new weights and biases, deletes the group's channels from 
 parameter site (producers, pass-through ops) in the current model's coordinates, updates the
 values that count channels (depthwise `group`, Split sizes, Reshape entries), adds a bias (or
 a bias Add after a MatMul) where a refitted intercept needs one, and drops stale intermediate
-shapes. Names of graph inputs, outputs, nodes and initializers are kept.
+shapes. Names of graph inputs, outputs, nodes and initializers are kept. A count constant
+that other nodes also read is never changed in place: the rewritten node gets its own copy
+(see `_set_input`).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
         if p.bias not in site_names:
             _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask)
     for a in group.attr_sites:
-        _write_count(graph, nodes[a.node], a, after, tensors, taken)
+        _write_count(graph, nodes[a.node], a, after, taken)
     out = _export_like(graph, model)
     restore(out, large)
     return out
@@ -104,7 +106,7 @@ def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_ma
     bias.values = np.delete(bias.values, drop, axis=-1)
 
 
-def _write_count(graph, node, site, after: Alive, tensors, taken) -> None:
+def _write_count(graph, node, site, after: Alive, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
     elif site.kind == "split":

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..graph.groups import Group
 from ..io.largemodel import is_large, restore, skeleton, with_graph
@@ -228,11 +229,24 @@ def _unique(base: str, taken: set) -> str:
 
 
 def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export, keeping the original's IR version, opsets, metadata, functions and input list."""
-    # export_graph, not export_onnx: only the GraphProto is used, and export_onnx would copy
-    # it once more into a ModelProto (a third copy of every initializer per group).
-    out = with_graph(original, OnnxExporter.export_graph(graph, do_type_check=False))
-    del out.graph.value_info[:]
+    """Export, keeping the original's IR version, opsets, metadata, functions and input list.
+
+    What gs's `export_graph` writes, less the value_info (stale after pruning), built in the
+    output model itself: `export_graph` + `with_graph` copied every initializer twice a group,
+    this copies it once (unchanged initializers are gs's LazyValues, the input's TensorProtos).
+    """
+    out = with_graph(original)
+    g = out.graph
+    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
+    g.name = graph.name
+    g.input.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs)
+    g.output.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs)
+    constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    g.initializer.extend(OnnxExporter.export_tensor_proto(t) for t in constants if not isinstance(t._values, SparseValues))
+    g.sparse_initializer.extend(OnnxExporter.export_sparse_tensor_proto(t) for t in constants
+                                if isinstance(t._values, SparseValues))
+    if graph.doc_string:
+        g.doc_string = graph.doc_string
     _inputs_like(out, original)
     return out
 

@@ -4,13 +4,17 @@ Writes the consumers' new weights and biases, deletes the group's channels from 
 parameter site (producers, pass-through ops) in the current model's coordinates, updates the
 values that count channels (depthwise `group`, Split sizes, Reshape entries), adds a bias (or
 a bias Add after a MatMul) where a refitted intercept needs one, and drops stale intermediate
-shapes. Names of graph inputs, outputs, nodes and initializers are kept.
+shapes. Names of graph inputs, outputs, nodes and initializers are kept. A count constant
+that other nodes also read is never changed in place: the rewritten node gets its own copy
+(see `_set_input`).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..graph.groups import Group
 from ..io.largemodel import is_large, restore, skeleton, with_graph
@@ -50,22 +54,27 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
         if p.bias not in site_names:
             _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask)
     for a in group.attr_sites:
-        _write_count(graph, nodes[a.node], a, after, tensors, taken)
+        _write_count(graph, nodes[a.node], a, after, taken)
     out = _export_like(graph, model)
     restore(out, large)
     return out
 
 
 def _touched(model: onnx.ModelProto, group: Group) -> set:
-    """Initializers this group's rewrite may read or change: its sites, and every constant
-    input of its producers, consumers and the bias Adds onnxprune attached to them."""
+    """Initializers this group's rewrite may read or change: its sites (and the copies earlier
+    groups made of shared count constants), and every constant input of its producers,
+    consumers, count nodes and the bias Adds onnxprune attached to them."""
     owners = {n for p in group.producers for n in p.nodes} | {c.node for c in group.consumers}
     owners |= {c.bias_node for c in group.consumers if c.bias_node}
     added = tuple(f"{n}{ADDED_BIAS}_add" for n in owners)
     names = {s.name for s in group.sites} | {a.name for a in group.attr_sites if a.name}
+    copies = tuple(f"{a.name}." for a in group.attr_sites if a.name)    # see _set_input
+    owners |= {a.node for a in group.attr_sites}
     for node in model.graph.node:
         if node.name in owners or node.name.startswith(added):
             names.update(node.input)
+    if copies:
+        names.update(t.name for t in model.graph.initializer if t.name.startswith(copies))
     return names
 
 
@@ -98,24 +107,90 @@ def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_ma
     bias.values = np.delete(bias.values, drop, axis=-1)
 
 
-def _write_count(graph, node, site, after: Alive, tensors, taken) -> None:
+def _write_count(graph, node, site, after: Alive, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
     elif site.kind == "split":
-        sizes = [after.current_positions(lay) * lay.block for lay in site.layouts]
+        sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
         if site.name is not None:
-            tensors[site.name].values = np.asarray(sizes, dtype=np.int64)
+            _set_input(graph, node, 1, sizes, taken, f"{node.name}.split")
         elif graph.opset < 13:
-            node.attrs["split"] = sizes
+            node.attrs["split"] = [int(s) for s in sizes]
         else:
-            node.inputs.append(gs.Constant(_unique(f"{node.name}.split", taken), np.asarray(sizes, dtype=np.int64)))
+            node.inputs.append(gs.Constant(_unique(f"{node.name}.split", taken), sizes))
             node.attrs.pop("num_outputs", None)
     elif site.kind == "reshape":
-        shape = np.array(tensors[site.name].values, copy=True)
+        reader, slot = _shape_reader(graph, node, site.name, taken)
+        shape = np.array(reader.inputs[slot].values, copy=True)
         shape[site.index] = after.current_positions(site.layouts[0]) * site.factor
-        tensors[site.name].values = shape
+        _set_input(graph, reader, slot, shape, taken, f"{site.name}.{reader.name}")
     else:  # pragma: no cover - analysis only emits the kinds above
         raise ValueError(site.kind)
+
+
+# -- constants other nodes also read -------------------------------------------------------
+# Analysis refuses a group whose parameters (ParamSite, consumer weights and biases) another
+# node reads. Counts (Split sizes, Reshape entries) are different: exporters share one small
+# constant between many nodes (torch gives every C2f Split of a YOLOv8 one [c, c] tensor), and
+# each reader may belong to another group or to none. Such a constant is never changed in
+# place: the rewritten node gets its own copy, a new initializer, and the others keep theirs.
+
+def _shared(graph, tensor, reader) -> bool:
+    """Whether anything but `reader` reads `tensor` (another node, a subgraph, the output)."""
+    return any(n is not reader for n in tensor.outputs) or any(t is tensor for t in graph.outputs)
+
+
+def _set_input(graph, node, slot: int, values: np.ndarray, taken: set, base: str) -> None:
+    """Give input `slot` of `node` the constant `values`: in place when it is an initializer
+    only `node` reads, else as a new initializer for `node` alone (so is a Constant node's
+    output that loading left a node, or a tensor computed from constants only)."""
+    current = node.inputs[slot]
+    if isinstance(current, gs.Constant) and not _shared(graph, current, node):
+        current.values = values
+        return
+    node.inputs[slot] = gs.Constant(_unique(base, taken), values)
+
+
+def _shape_reader(graph, node, name: str, taken: set) -> tuple:
+    """(node, input slot) reading shape initializer `name` (or the copy an earlier group made
+    of it) on the way into Reshape `node`'s shape, with that way made private to `node`.
+
+    The shape may reach the Reshape through a few nodes (torch: Concat(Unsqueeze(batch),
+    [c * h * w])); where a tensor on that way has other readers, the nodes from there on are
+    cloned for this Reshape, so the copy of the constant changes no other Reshape."""
+    path = _path_to(node.inputs[1], name, 0)
+    if path is None:   # pragma: no cover - analysis only lists a shape it followed to `name`
+        raise ValueError(f"Reshape '{node.name}' no longer reads shape constant '{name}'")
+    path.append((node, 1))
+    for i in range(len(path) - 1, 0, -1):
+        reader, slot = path[i]
+        tensor = reader.inputs[slot]
+        if not _shared(graph, tensor, reader):
+            continue
+        producer = tensor.inputs[0]
+        clone = gs.Node(producer.op, name=_unique(f"{producer.name}.{node.name}", {n.name for n in graph.nodes}),
+                        attrs=dict(producer.attrs), inputs=list(producer.inputs),
+                        outputs=[gs.Variable(_unique(f"{tensor.name}.{node.name}", taken), tensor.dtype,
+                                             tensor.shape)], domain=producer.domain)
+        graph.nodes.insert(graph.nodes.index(producer), clone)
+        reader.inputs[slot] = clone.outputs[0]
+        path[i - 1] = (clone, path[i - 1][1])
+    return path[0]
+
+
+def _path_to(tensor, name: str, depth: int):
+    """[(node, input slot), ...] from the reader of constant `name` (or a copy of it) down to
+    the node reading `tensor`, or None when `tensor` does not derive from it."""
+    if isinstance(tensor, gs.Constant):
+        return [] if tensor.name == name or tensor.name.startswith(f"{name}.") else None
+    if depth > 16 or not tensor.inputs or tensor.inputs[0].op == "Shape":
+        return None     # a Shape's output derives from no constant: the search stays off the data path
+    producer = tensor.inputs[0]
+    for slot, inp in enumerate(producer.inputs):
+        found = _path_to(inp, name, depth + 1)
+        if found is not None:
+            return found + [(producer, slot)]
+    return None
 
 
 def _added_bias(graph, node):
@@ -154,9 +229,24 @@ def _unique(base: str, taken: set) -> str:
 
 
 def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export, keeping the original's IR version, opsets, metadata, functions and input list."""
-    out = with_graph(original, gs.export_onnx(graph, do_type_check=False).graph)
-    del out.graph.value_info[:]
+    """Export, keeping the original's IR version, opsets, metadata, functions and input list.
+
+    What gs's `export_graph` writes, less the value_info (stale after pruning), built in the
+    output model itself: `export_graph` + `with_graph` copied every initializer twice a group,
+    this copies it once (unchanged initializers are gs's LazyValues, the input's TensorProtos).
+    """
+    out = with_graph(original)
+    g = out.graph
+    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
+    g.name = graph.name
+    g.input.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs)
+    g.output.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs)
+    constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    g.initializer.extend(OnnxExporter.export_tensor_proto(t) for t in constants if not isinstance(t._values, SparseValues))
+    g.sparse_initializer.extend(OnnxExporter.export_sparse_tensor_proto(t) for t in constants
+                                if isinstance(t._values, SparseValues))
+    if graph.doc_string:
+        g.doc_string = graph.doc_string
     _inputs_like(out, original)
     return out
 

@@ -31,10 +31,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CALIB = {"yolo_c2f": "yolo_c2f", "mobilenetv3_se": "mobilenetv3_se",
          "mobilenetv3_se_dimneg": "mobilenetv3_se"}
 
-SPLIT_BUG = ("shared split-sizes initializer: pruning the neck C2f's cv1 rewrites the one [16, 16] constant "
-             "its Split shares with the backbone Splits (onnx: \"Mismatch between the sum of 'split'\"); "
-             "being fixed in onnxprune/rewrite")
-
 
 def load(name):
     return load_model(FIXTURES / f"{name}.onnx"), dict(np.load(FIXTURES / f"{CALIB[name]}_calib.npz"))
@@ -186,8 +182,7 @@ def check_half_keep(model, data):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("yolo_c2f", marks=pytest.mark.xfail(
-        strict=False, raises=onnx.shape_inference.InferenceError, reason=SPLIT_BUG)),
+    "yolo_c2f",
     "mobilenetv3_se",
     "mobilenetv3_se_dimneg",
 ])

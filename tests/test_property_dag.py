@@ -16,9 +16,9 @@ CI runs a derandomized 40 examples; ONNXPRUNE_PROPERTY_EXAMPLES=N runs N random 
     ONNXPRUNE_PROPERTY_EXAMPLES=2000 python -m pytest -q -p no:cacheprovider \
         tests/test_property_dag.py -k test_random_dags --hypothesis-seed=1
 
-Known product bugs are skipped (hypothesis.reject) in the property and pinned by strict xfail
-repros below, so fixing one turns its repro into an XPASS failure: then drop its xfail mark
-and its filter (accepted_channel_reads, refolded_gemms, known_split_failure).
+The property's first long runs found four product bugs (a negative Gather index of the channel
+count, a Split piece emptied by pruning, Gemm alpha/beta folded once per group, a Split sizes
+input appended once per group); each has its repro below.
 """
 import os
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import builders as B
@@ -310,26 +310,7 @@ def partial_consumers(groups) -> list:
             if len(ChannelView.of(c, set(g.sources), g.channels, Alive()).members) < g.channels]
 
 
-def refolded_gemms(groups) -> list:
-    """Gemm consumers with alpha or beta != 1 that read several groups."""
-    seen = {}
-    for g in groups:
-        for c in g.consumers:
-            if c.op == "Gemm" and (c.alpha != 1.0 or c.beta != 1.0):
-                seen[c.node] = seen.get(c.node, 0) + 1
-    return [n for n, k in seen.items() if k > 1]
-
-
-def known_split_failure(message: str, groups) -> bool:
-    """A failure of the known Split bugs: an emptied piece onnxruntime cannot run, or a Split
-    sizes input appended once per group sharing the Split."""
-    splits = [a.node for g in groups for a in g.attr_sites if a.kind == "split"]
-    empty = any(m in message for m in ("greater than 0", "invalid channel count"))
-    twice = "Split" in message and "input size 3" in message and len(splits) > len(set(splits))
-    return bool(splits) and (empty or twice)
-
-
-def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_known=True) -> None:
+def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int) -> None:
     model = dag.model
     analysis = analyze(model)
     if not analysis.groups:
@@ -343,14 +324,7 @@ def check_dag(dag: Dag, keep: float, mode: str, method: str, seed: int, skip_kno
     same, _ = prune(model, data, keep=1.0, mode=mode)
     np.testing.assert_array_equal(B.run(same, check)[0], y)
 
-    if skip_known and refolded_gemms(analysis.groups):
-        reject()        # known bug: test_gemm_alpha_beta_folded_twice
-    try:
-        pruned, report = prune(model, data, keep=keep, mode=mode, method=method, reweight=False, seed=seed)
-    except Exception as exc:
-        if skip_known and known_split_failure(str(exc), analysis.groups):
-            reject()    # known bugs: test_split_piece_emptied_by_pruning, test_split_sizes_input_added_twice
-        raise
+    pruned, report = prune(model, data, keep=keep, mode=mode, method=method, reweight=False, seed=seed)
     onnx.checker.check_model(pruned, full_check=True)
     kept = {r["name"]: r["kept"] for r in report.groups}
     (z,) = B.run(pruned, check)
@@ -388,19 +362,16 @@ def test_shape_reads(rank, index):
     dag = shape_read_model(rank, index)
     names = [g.name for g in analyze(dag.model).groups]
     assert names == ([] if index == 1 else ["c1"])
-    check_dag(dag, 0.5, "seq", "greedy", 0, skip_known=False)
+    check_dag(dag, 0.5, "seq", "greedy", 0)
 
 
 @pytest.mark.parametrize("rank, index", [(4, -3), (2, -1)])
 def test_negative_gather_of_the_channel_count(rank, index):
     dag = shape_read_model(rank, index)
-    check_dag(dag, 0.5, "seq", "greedy", 0, skip_known=False)
+    check_dag(dag, 0.5, "seq", "greedy", 0)
     assert not analyze(dag.model).groups
 
 
-@pytest.mark.xfail(strict=True, reason="product bug found by this property: a consumer that reads one Split piece "
-                                       "gets zero input channels when pruning removes the whole piece; the rewritten "
-                                       "Conv has 0 input channels and onnxruntime refuses to run it")
 def test_split_piece_emptied_by_pruning():
     """conv (4 ch) -> Split [1, 3] -> conv_x (reads channel 0 only), conv_y -> Add. Keeping one
     channel out of 4 that is not channel 0 leaves conv_x with nothing to read."""
@@ -411,7 +382,7 @@ def test_split_piece_emptied_by_pruning():
     b.output(total)
     dag = Dag(b.model(), (3, 5, 5))
     assert partial_consumers(analyze(dag.model).groups) == ["conv_x", "conv_y"]
-    check_dag(dag, 0.25, "seq", "random", 0, skip_known=False)
+    check_dag(dag, 0.25, "seq", "random", 0)
 
 
 def two_group_gemm(alpha: float, beta: float) -> Dag:
@@ -424,21 +395,14 @@ def two_group_gemm(alpha: float, beta: float) -> Dag:
 
 
 def test_gemm_reading_two_groups_with_unit_alpha_beta():
-    check_dag(two_group_gemm(1.0, 1.0), 0.5, "seq", "greedy", 0, skip_known=False)
+    check_dag(two_group_gemm(1.0, 1.0), 0.5, "seq", "greedy", 0)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug found by this property: a Gemm consumer of two groups gets "
-                                       "alpha/beta folded into its weights/bias once per group, because "
-                                       "consumer_matrix/consumer_update use the analysed alpha/beta, not the "
-                                       "current node's (reset to 1 by the first group): outputs scale by alpha^2")
 @pytest.mark.parametrize("alpha, beta", [(0.5, 1.0), (1.0, 2.0)])
 def test_gemm_alpha_beta_folded_twice(alpha, beta):
-    check_dag(two_group_gemm(alpha, beta), 0.5, "seq", "greedy", 0, skip_known=False)
+    check_dag(two_group_gemm(alpha, beta), 0.5, "seq", "greedy", 0)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug found by this property: a Split without sizes (opset >= 13) "
-                                       "whose input holds two groups gets a sizes input appended by each group's "
-                                       "rewrite (rewrite/apply._write_count), leaving 3 inputs: invalid model")
 @pytest.mark.parametrize("opset", [13, 18])
 def test_split_sizes_input_added_twice(opset):
     """ca, cb (2 ch each) -> Concat -> Split into 2 equal parts (no sizes) -> cx, cy -> Add."""
@@ -447,13 +411,9 @@ def test_split_sizes_input_added_twice(opset):
     cat = b.node("Concat", [b.relu(b.conv(x, 3, 2, name="ca")), b.relu(b.conv(x, 3, 2, name="cb"))], axis=1)
     first = b.node("Split", [cat], name="split", outputs=2, axis=1, **({"num_outputs": 2} if opset >= 18 else {}))
     b.output(b.node("Add", [b.conv(first, 2, 2, name="cx"), b.conv("split_out1", 2, 2, name="cy")]))
-    check_dag(Dag(b.model(opset=opset), (3, 4, 4)), 0.5, "seq", "greedy", 0, skip_known=False)
+    check_dag(Dag(b.model(opset=opset), (3, 4, 4)), 0.5, "seq", "greedy", 0)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug found by this property (same root cause as "
-                                       "test_split_piece_emptied_by_pruning): an emptied Split piece is a 0-channel "
-                                       "tensor; through an AveragePool onnxruntime refuses the model ('invalid "
-                                       "channel count')")
 def test_split_piece_emptied_before_a_pool():
     """conv (4 ch) -> Split [1, 3] -> piece 0 -> AveragePool -> Concat(piece 1, pooled) -> c2."""
     b = B.GraphBuilder(0)
@@ -461,4 +421,4 @@ def test_split_piece_emptied_before_a_pool():
     first = b.node("Split", [h, b.const(np.array([1, 3]), "sizes")], name="split", outputs=2, axis=1)
     pooled = b.node("AveragePool", [first], kernel_shape=[3, 3], pads=[1] * 4)
     b.output(b.conv(b.node("Concat", ["split_out1", pooled], axis=1), 4, 2, name="c2"))
-    check_dag(Dag(b.model(opset=20, ir_version=9), (3, 5, 5)), 0.25, "seq", "random", 0, skip_known=False)
+    check_dag(Dag(b.model(opset=20, ir_version=9), (3, 5, 5)), 0.25, "seq", "random", 0)

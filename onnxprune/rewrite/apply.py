@@ -112,7 +112,7 @@ def _write_count(graph, node, site, after: Alive, taken) -> None:
         node.attrs["group"] = after.current_positions(site.layouts[0])
     elif site.kind == "split":
         sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
-        if site.name is not None:
+        if site.name is not None or len(node.inputs) > 1:      # (an earlier group may have added one)
             _set_input(graph, node, 1, sizes, taken, f"{node.name}.split")
         elif graph.opset < 13:
             node.attrs["split"] = [int(s) for s in sizes]

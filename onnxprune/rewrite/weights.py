@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph.index import GraphIndex
+from ..graph.index import GraphIndex, attr
 from ..graph.groups import Consumer
 
 
@@ -27,10 +27,11 @@ class ConsumerUpdate:
 def consumer_matrix(idx: GraphIndex, c: Consumer) -> np.ndarray:
     """(features + 1, outputs) float64: effective weights, then the effective bias row."""
     w = idx.array(c.weight).astype(np.float64)
+    alpha, beta = gemm_scales(idx, c)
     if c.op == "Conv":
         m = w.reshape(w.shape[0], -1).T
     elif c.op == "Gemm":
-        m = c.alpha * (w.T if c.trans_b else w)
+        m = alpha * (w.T if c.trans_b else w)
     else:
         m = w
     outputs = m.shape[1]
@@ -39,8 +40,18 @@ def consumer_matrix(idx: GraphIndex, c: Consumer) -> np.ndarray:
         b = idx.array(c.bias).astype(np.float64)
         bias = np.broadcast_to(b.reshape(-1) if b.size == outputs else b.reshape(-1)[:1], (outputs,)).copy()
         if c.op == "Gemm":
-            bias *= c.beta
+            bias *= beta
     return np.vstack([m, bias[None, :]])
+
+
+def gemm_scales(idx: GraphIndex, c: Consumer) -> tuple:
+    """(alpha, beta) of a Gemm as the node in `idx` has them now: a Gemm that reads two groups
+    is rewritten twice, and the first rewrite already folded them into the values (and set
+    them to 1), so the analysed values would fold them a second time."""
+    if c.op != "Gemm":
+        return 1.0, 1.0
+    node = idx.nodes[c.node]
+    return float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
 
 
 def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray) -> ConsumerUpdate:
@@ -56,7 +67,7 @@ def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray) -> Consume
         weight = rows.T.reshape(w_old.shape[0], -1, *w_old.shape[2:])
     elif c.op == "Gemm":
         weight = rows.T if c.trans_b else rows
-        attrs = {k: 1.0 for k, v in (("alpha", c.alpha), ("beta", c.beta)) if v != 1.0}
+        attrs = {k: 1.0 for k, v in zip(("alpha", "beta"), gemm_scales(idx, c)) if v != 1.0}
     else:
         weight = rows
     new_bias = None

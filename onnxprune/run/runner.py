@@ -18,6 +18,8 @@ from ..graph.index import GraphIndex
 from ..graph.layout import Alive
 from ..methods.base import ConsumerPart, SelectContext, group_rng
 from ..methods.importance import scaled_rows
+from ..methods.pieces import cover_pieces, split_pieces
+from ..methods.weight_norm import weight_norms
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
 from ..solve.problem import ChannelView, Problem, original_rows
@@ -64,7 +66,8 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     clock.add("verify", t)
     clock.seconds["analyze"] = session.setup_seconds if include_setup else 0.0
     clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]
-    return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes, pruner.masked)
+    return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes + pruner.notes,
+                                pruner.masked)
 
 
 class GroupPruner:
@@ -86,6 +89,7 @@ class GroupPruner:
             self.capturer = Capturer(session.calibration, session.batch_size, session.device, self.xp,
                                      self.progress, session.row_mask)
         self.masked = set()           # consumers whose padding rows were dropped (--row-mask)
+        self.notes = []               # decisions a user should know about (for the report)
 
     def run(self, counts: dict):
         groups = self.session.groups
@@ -120,6 +124,7 @@ class GroupPruner:
         has_data = self._problems(current, g, parts, observers)
         t = time.perf_counter()
         sel = self.method.select(k, self._context(g, k, idx, parts, observers, has_data))
+        sel = self._cover_pieces(g, sel, parts)
         t = self.clock.add("select", t)
         updates, err, energy = [], 0.0, 0.0
         for part in parts:
@@ -141,8 +146,18 @@ class GroupPruner:
         self.alive.mark(g.sources, g.channels, sel.kept)
         self.clock.add("rewrite", t)
         rel = (err / energy if energy > 0 else 0.0) if has_data else None
-        return pruned, asdict(GroupReport(g.name, g.channels, k, [int(i) for i in sel.kept], rel,
+        return pruned, asdict(GroupReport(g.name, g.channels, len(sel.kept), [int(i) for i in sel.kept], rel,
                                           [c.node for c in g.consumers]))
+
+    def _cover_pieces(self, g, sel, parts: list):
+        """No Split piece of the group may lose all its channels (see methods/pieces.py)."""
+        pieces = split_pieces(g)
+        if not pieces:
+            return sel
+        scores = sum(weight_norms(p.dense_rows(), g.channels) for p in parts)
+        sel, notes = cover_pieces(sel, pieces, scores)
+        self.notes.extend(f"{g.name}: {n}" for n in notes)
+        return sel
 
     def _context(self, g, k: int, idx, parts: list, observers: tuple, has_data: bool) -> SelectContext:
         """Everything a method may read to select in this group (see methods/base.py)."""

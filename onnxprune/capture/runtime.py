@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..io.atomic import Staged
-from ..errors import OnnxPruneError
+from ..errors import InternalError, OnnxPruneError
 from ..graph.index import opset_version
 from ..io.largemodel import is_large
 
@@ -89,8 +89,10 @@ def providers(device: str) -> list:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto, device: str = "cpu"):
-    """An InferenceSession on `device` ('cpu' or 'cuda'); user-facing errors on failure."""
+def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = None):
+    """An InferenceSession on `device` ('cpu' or 'cuda'). A model the user gave that onnxruntime
+    cannot load is a user error; one onnxprune `built` (described by that string: a pruned
+    model, a region cut for capture) is an InternalError, since it is our bug."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -108,6 +110,8 @@ def session(model: onnx.ModelProto, device: str = "cpu"):
     except OnnxPruneError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        if built is not None:
+            raise InternalError(f"onnxruntime {ort.__version__} rejects {built}: {_strip_location(str(exc))}") from exc
         raise OnnxPruneError(explain_failure(model, exc)) from None
 
 

@@ -51,7 +51,7 @@ class Stream:
         fetch = self._outputs + [t for t in self._new if t not in self._outputs]
         sub, self._inputs = region_model(model, structure, fetch, self.available)
         self._fetch = fetch
-        self._session = runtime.session(sub, self.device)
+        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture")
 
     def run_batch(self, start: int, feeds: dict) -> dict:
         count = next(iter(feeds.values())).shape[0]
@@ -90,7 +90,7 @@ class Capturer:
         """Statistics of every consumer from one pass of `model`. `observers` (objects with
         `.consumer` and `.add(batch)`, e.g. sampling's sensitivities) see the same batches."""
         tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
-        sess = runtime.session(submodel(model, tensors), self.device)
+        sess = runtime.session(submodel(model, tensors), self.device, built="the part of the model cut for capture")
         accs = [GramAccumulator(c, self.xp) for c in consumers]
         for feeds in self._batches(label):
             out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
@@ -112,7 +112,8 @@ class Capturer:
         fixed_batch = any((self.types.shapes.get(i) or (None,))[0] is not None for i in self.types.graph_inputs)
         if not tensors or self.calib.samples < 2 or fixed_batch:
             return False
-        sess = runtime.session(submodel(original, tensors, self.types), self.device)
+        sess = runtime.session(submodel(original, tensors, self.types), self.device,
+                               built="the part of the model cut to probe capture")
         one = dict(zip(tensors, runtime.run(sess, {k: v[:1] for k, v in self.calib.arrays.items()}, tensors)))
         two = dict(zip(tensors, runtime.run(sess, {k: v[:2] for k, v in self.calib.arrays.items()}, tensors)))
         return samples_on_axis0(one, two)

@@ -164,6 +164,8 @@ def prune(model, output, calib, calib_random, keep, compression, method, force, 
         sys.stdout.write(result.to_json())
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    if result.verify.get("warning"):
+        click.echo(f"warning: {result.verify['warning']}", err=True)
     agreement = result.verify.get("argmax_agreement")
     extra = f", argmax agreement {agreement:.3f}" if agreement is not None else ""
     click.echo(f"pruned {model} -> {out}: {result.summary()}{extra}", err=True)

@@ -71,7 +71,7 @@ class AloneProbe:
         return pruner.run(dict(self.full, **{group: k}))[0]
 
     def outputs(self, model) -> list:
-        sess = runtime.session(model, self.session.device)
+        sess = runtime.session(model, self.session.device, built="a model pruned in one group for --allocation error")
         parts = [runtime.run(sess, feeds, self.names)
                  for feeds in runtime.batches(self.calib.arrays, self.session.batch_size)]
         return [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]

@@ -5,9 +5,13 @@ import time
 from dataclasses import dataclass, field
 
 
+STAGES = ("analyze", "budget", "capture", "select", "reweight", "rewrite", "verify", "total")
+
+
 @dataclass
 class Clock:
-    seconds: dict = field(default_factory=dict)
+    """Every stage is listed, 0.0 where a run skips it (a data-free run captures nothing)."""
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def add(self, stage: str, since: float) -> float:
         """Charge the time since `since` to `stage`; returns now, the next stage's start."""

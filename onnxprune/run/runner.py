@@ -28,7 +28,8 @@ from .clock import Clock
 from .layercache import LayerCache
 from .report import GroupReport, build_report
 from .session import Session, calibration_for
-from .verify import check, output_fidelity
+from .surgery import surgery_check
+from .verify import check, drift_warning, output_fidelity
 
 VERIFY_SAMPLES = 256
 
@@ -59,10 +60,14 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
 
     t = time.perf_counter()
     check(pruned)
-    verify = {"checker": "passed"}
+    verify = {"checker": "passed",
+              "surgery_check": surgery_check(session, {g["name"]: g["kept"] for g in group_reports})}
     if session.calibration is not None:
         verify.update(output_fidelity(session.reference, pruned, session.calibration.head(VERIFY_SAMPLES),
                                       session.batch_size, session.device))
+        warning = drift_warning(group_reports, verify)
+        if warning:
+            verify["warning"] = warning
     clock.add("verify", t)
     clock.seconds["analyze"] = session.setup_seconds if include_setup else 0.0
     clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]

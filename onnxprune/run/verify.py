@@ -20,8 +20,29 @@ def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size
     """Per-output relative squared error and argmax agreement over the given samples;
     `ref` is an onnxruntime session of the original model (made when the run started)."""
     names = [o.name for o in pruned.graph.output]
-    new = runtime.session(pruned, device)
+    new = runtime.session(pruned, device, built="the pruned model")
     compare = OutputComparison(names)
     for feeds in runtime.batches(calib.arrays, batch_size):
         compare.add(runtime.run(ref, feeds, names), runtime.run(new, feeds, names))
     return {"samples": calib.samples, **compare.result()}
+
+
+# The measured output error may exceed what the statistics predict (the groups' summed
+# relative reconstruction errors) when later layers amplify it, but not by this much: past
+# both bounds something the statistics do not see changed the model (a wrong surgery).
+DRIFT_FACTOR, DRIFT_FLOOR = 10.0, 0.1
+
+
+def drift_warning(groups: list, fidelity: dict) -> str | None:
+    """A warning when the measured output error is far above the statistics' prediction."""
+    errors = [g["rel_error"] for g in groups
+              if g["rel_error"] is not None and g["channels_after"] < g["channels_before"]]
+    measured = fidelity.get("output_rel_error") or {}
+    if not errors or not measured:
+        return None
+    predicted, (name, worst) = sum(errors), max(measured.items(), key=lambda kv: kv[1])
+    if worst > DRIFT_FLOOR and worst > DRIFT_FACTOR * predicted:
+        return (f"the pruned model's output {name} moved by a relative error of {worst:.3g} on the calibration "
+                f"samples, far above the {predicted:.3g} the statistics predict (summed over the groups); "
+                "check the pruned model before using it, and please report this model")
+    return None

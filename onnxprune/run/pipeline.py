@@ -23,7 +23,9 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     """Prune `model` (a path or ModelProto) and return (pruned ModelProto, Report).
 
     `calib` is a path (.npz/.npy), a dict of arrays per input name, one array, a Calibration,
-    or None (then pass calib_random=N, or use a data-free method without reweighting).
+    a source (io.sources: ImageFolder, TextFile, LoaderScript), a reader with get_next() or an
+    iterable of feed dicts, or None (then pass calib_random=N, or use a data-free method
+    without reweighting).
     Keyword options are the fields of PruneOptions.
     """
     opts = PruneOptions.of(**options)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calib_util import MNIST_SPECS, arrays, one_line
 from onnxprune import prune
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import npyfile
@@ -20,17 +21,8 @@ from onnxprune.io.sources import from_feeds, script_calibration
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "models" / "mnist_cnn.onnx"
 MNIST_CALIB = ROOT / "models" / "mnist_cnn_calib.npz"
-MNIST_SPECS = [InputSpec("input", np.dtype(np.float32), (None, 1, 28, 28))]
 
 
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    return message
-
-
-def arrays(calib) -> dict:
-    return {k: np.asarray(v) for k, v in calib.arrays.items()}
 
 
 # --- loader scripts and feed objects --------------------------------------------------------

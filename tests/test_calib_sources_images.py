@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calib_util import MNIST_SPECS, arrays, one_line
 from onnxprune import prune
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import npyfile
@@ -14,17 +15,8 @@ from onnxprune.io.sources import SourceCalibration, images_calibration
 
 Image = pytest.importorskip("PIL.Image")
 
-MNIST_SPECS = [InputSpec("input", np.dtype(np.float32), (None, 1, 28, 28))]
 
 
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    return message
-
-
-def arrays(calib) -> dict:
-    return {k: np.asarray(v) for k, v in calib.arrays.items()}
 
 
 # --- images ---------------------------------------------------------------------------------

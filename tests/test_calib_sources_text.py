@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from calib_util import MNIST_SPECS, arrays, one_line
 from onnxprune import prune
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io.calib import InputSpec, input_specs, load_calibration
@@ -13,14 +14,6 @@ from onnxprune.io.sources import text_calibration
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    return message
-
-
-def arrays(calib) -> dict:
-    return {k: np.asarray(v) for k, v in calib.arrays.items()}
 
 
 # --- text -----------------------------------------------------------------------------------

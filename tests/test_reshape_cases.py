@@ -10,10 +10,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 import builders as B
+from onnxprune.rewrite.masked import masked_original
 from onnxprune import analyze, prune
 from onnxprune.graph import reshape as R
 from onnxprune.graph.index import GraphIndex
-from onnxprune.graph.layout import Layout, Segment, element_indices
+from onnxprune.graph.layout import Layout, Segment
 from onnxprune.graph.shapes import (UNKNOWN, Const, Dim, batch_wildcard, entry_dim, infer_wildcard, one_shared_batch,
                                     reshape_dims, shape_entries)
 
@@ -23,20 +24,8 @@ C6 = (Segment("p", 0, 6),)
 # -- helpers ------------------------------------------------------------------------------------
 
 def _masked(model, analysis, report):
-    """The original with each removed channel's consumer weight rows zeroed."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    kept = {r["name"]: r["kept"] for r in report.groups}
-    for g in analysis.groups:
-        removed = sorted(set(range(g.channels)) - set(kept[g.name]))
-        for c in g.consumers:
-            w = numpy_helper.to_array(inits[c.weight]).copy()
-            index = [slice(None)] * w.ndim
-            index[c.weight_axis] = element_indices(removed, c.layout, g.channels)
-            w[tuple(index)] = 0
-            inits[c.weight].CopyFrom(numpy_helper.from_array(w, c.weight))
-    return out
+    """The original with each removed channel's consumer weight rows zeroed (rewrite/masked.py)."""
+    return masked_original(model, analysis.groups, {r["name"]: r["kept"] for r in report.groups})
 
 
 def _prunes_like_masked(model, input_shape, producer, consumer):

@@ -42,6 +42,20 @@ def _model(nodes, inits, inputs, outputs, opset=13):
     return model
 
 
+def _fc(b: str, nodes: list, inits: list) -> None:
+    """Branch b's head: Gemm fc_b (512 -> 10) on f_b."""
+    inits += [_w(f"fc_{b}.w", 10, 512), _w(f"fc_{b}.b", 10)]
+    nodes.append(helper.make_node("Gemm", [f"f_{b}", f"fc_{b}.w", f"fc_{b}.b"], [f"g_{b}"], name=f"fc_{b}", transB=1))
+
+
+def _two_branches(nodes: list, inits: list) -> onnx.ModelProto:
+    """y = g_a + g_b on an [N, 3, 8, 8] input x."""
+    nodes.append(helper.make_node("Add", ["g_a", "g_b"], ["y"], name="add"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
+    return _model(nodes, inits, [x], [y])
+
+
 def two_reshape_branches():
     """x -> Conv -> Relu -> Reshape(S) -> Gemm, twice; both Reshapes read one shape S=[-1, 512]."""
     nodes, inits = [], [_i64("S", [-1, 512])]
@@ -49,13 +63,8 @@ def two_reshape_branches():
         nodes += [_conv(f"conv_{b}", "x", f"c_{b}", 3, 8, inits),
                   helper.make_node("Relu", [f"c_{b}"], [f"r_{b}"], name=f"relu_{b}"),
                   helper.make_node("Reshape", [f"r_{b}", "S"], [f"f_{b}"], name=f"reshape_{b}")]
-        inits += [_w(f"fc_{b}.w", 10, 512), _w(f"fc_{b}.b", 10)]
-        nodes.append(helper.make_node("Gemm", [f"f_{b}", f"fc_{b}.w", f"fc_{b}.b"], [f"g_{b}"], name=f"fc_{b}",
-                                      transB=1))
-    nodes.append(helper.make_node("Add", ["g_a", "g_b"], ["y"], name="add"))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    return _model(nodes, inits, [x], [y])
+        _fc(b, nodes, inits)
+    return _two_branches(nodes, inits)
 
 
 def two_view_branches(shared_concat=False):
@@ -73,13 +82,8 @@ def two_view_branches(shared_concat=False):
                       helper.make_node("Concat", [f"u_{b}", "C"], [f"shape_{b}"], name=f"cat_{b}", axis=0)]
         shape = "shape_a" if shared_concat else f"shape_{b}"
         nodes.append(helper.make_node("Reshape", [f"r_{b}", shape], [f"f_{b}"], name=f"reshape_{b}"))
-        inits += [_w(f"fc_{b}.w", 10, 512), _w(f"fc_{b}.b", 10)]
-        nodes.append(helper.make_node("Gemm", [f"f_{b}", f"fc_{b}.w", f"fc_{b}.b"], [f"g_{b}"], name=f"fc_{b}",
-                                      transB=1))
-    nodes.append(helper.make_node("Add", ["g_a", "g_b"], ["y"], name="add"))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    return _model(nodes, inits, [x], [y])
+        _fc(b, nodes, inits)
+    return _two_branches(nodes, inits)
 
 
 def c2f_blocks(blocks=3, width=8):

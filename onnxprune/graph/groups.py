@@ -32,7 +32,10 @@ class AttrSite:
 
     kind 'conv_group': node's `group` = positions of layouts[0];
     kind 'split': node's split sizes = positions x block of each output layout;
-    kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor.
+    kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor;
+    kind 'pad': a Pad of zeros on the channel axis: `values` are its original pads (attribute,
+    or input `name` when given), entries `index` and `index + factor` (before, after on the
+    channel axis) = positions of layouts[0] and layouts[1].
     """
 
     node: str
@@ -41,6 +44,7 @@ class AttrSite:
     name: str | None = None
     index: int = 0
     factor: int = 1
+    values: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,11 @@ class Group:
     attr_sites: tuple = ()  # AttrSite values
     tensors: tuple = ()     # tensors carrying the channels
     position: int = 0       # topological position of the first producer
+    outputs: tuple = ()     # (producer node, Layout of its output channels in group coordinates)
+
+    def output_layout(self, node: str) -> Layout | None:
+        """A producer's output channels as layouts name them (None: not recorded)."""
+        return next((lay for n, lay in self.outputs if n == node), None)
 
     @property
     def boundary(self) -> str:

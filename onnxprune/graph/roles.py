@@ -26,6 +26,7 @@ class Effect:
     outputs: dict = field(default_factory=dict)     # output tensor -> Layout
     sites: list = field(default_factory=list)       # ParamSite / AttrSite
     couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
+    zeros: dict = field(default_factory=dict)       # zero source id -> channel count (Pad of zeros)
 
 
 @dataclass(frozen=True)

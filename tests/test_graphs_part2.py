@@ -86,7 +86,35 @@ def self_offset(seed=0):
     return b.model()
 
 
+def unet(seed=0, output_padding=True, bias=True, after=False):
+    """enc conv -> down conv s2 -> ConvTranspose (k3 s2 pad 1, output_padding 1: 4x4 -> 8x8, or
+    k2 s2) -> relu -> Concat with the skip -> conv -> GAP -> fc (a U-Net / FPN decoder step).
+    `after`: a second ConvTranspose reads the decoder's channels (refused as a consumer)."""
+    b = B.GraphBuilder(seed)
+    x = b.input("x", ["N", 3, 8, 8])
+    enc = b.relu(b.conv(x, 3, 6, name="enc"))
+    down = b.relu(b.conv(enc, 6, 10, name="down", strides=[2, 2]))
+    k = 3 if output_padding else 2
+    attrs = dict(kernel_shape=[k, k], strides=[2, 2])
+    if output_padding:
+        attrs.update(pads=[1, 1, 1, 1], output_padding=[1, 1])
+    inputs = [down, b.const(b.randn(10, 7, k, k))] + ([b.const(b.randn(7, scale=0.1))] if bias else [])
+    up = b.relu(b.node("ConvTranspose", inputs, name="up", **attrs))
+    h = b.node("Concat", [up, enc], axis=1, name="cat")
+    h = b.relu(b.conv(h, 13, 5, name="fuse"))
+    if after:
+        h = b.relu(b.node("ConvTranspose", [h, b.const(b.randn(5, 4, 2, 2))], name="up2", kernel_shape=[2, 2],
+                          strides=[2, 2]))
+        h = b.relu(b.conv(h, 4, 5, name="tail"))
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    b.output(b.gemm(h, 5, 3, name="fc"))
+    return b.model()
+
+
 MODELS = {
+    "unet": unet,
+    "unet_k2_nobias": lambda: unet(output_padding=False, bias=False),
+    "unet_two_ups": lambda: unet(after=True),
     "c2f": c2f,
     "c2f_one": lambda: c2f(bottlenecks=1),
     "c2f_opset11": lambda: c2f(opset=11),
@@ -148,6 +176,17 @@ def test_self_offset_removes_both_halves():
     assert g.channels == 4
     src, _ = g.consumers[0].layout.owners()
     assert len(src) == 4
+
+
+def test_conv_transpose_is_a_producer_and_a_refused_consumer():
+    groups = groups_of(unet(after=True))
+    up = groups["up"]
+    assert up.producers[0].op == "ConvTranspose" and up.producers[0].weight_axis == 1
+    assert [c.node for c in up.consumers] == ["fuse"]
+    assert {(s.axis, s.layout.positions) for s in up.sites} == {(1, 7), (0, 7)}      # weight, bias
+    assert "up2" in groups and "fuse" not in groups
+    reasons = {s.node: s.reason for s in analyze(normalize(unet(after=True))).skipped}
+    assert "only as a producer" in reasons["fuse"]
 
 
 @pytest.mark.parametrize("keep", KEEPS)

@@ -195,7 +195,7 @@ class Analysis:
         inside = {p.node for g in self.groups for p in g.producers} | {n for g in self.groups for n in g.passthrough}
         prunable = total = 0
         for node in index.topo_nodes():
-            if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+            if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
                 continue
             width = _output_channels(index, node)
             total += width
@@ -220,6 +220,10 @@ def _output_channels(index, node) -> int:
         return int(out[-1]) if out and out[-1] is not None else 0
     if node.op_type == "Conv":
         return int(w[0])
+    if node.op_type == "ConvTranspose":
+        from .index import attr
+
+        return int(w[1]) * int(attr(node, "group", 1))
     if node.op_type == "Gemm":
         from .index import attr
 

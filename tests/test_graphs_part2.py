@@ -212,3 +212,131 @@ def test_reweighted_prune_runs_and_shrinks(name):
     (got,) = B.run(pruned, B.random_inputs(model, 4, 2))
     assert got.shape == (4, 3) and np.isfinite(got).all()
     assert report.params_after < report.params_before
+
+
+# -- weights computed from constants (CNTK / TF exports) ----------------------------------
+
+def computed_weights(seed=0, opset=13):
+    """MatMul(x, Transpose(W)) + Add -> relu -> Gemm(h, Reshape(V, shape)) -> relu -> MatMul(x,
+    Cast(U)) -> output: every weight is recomputed from an initializer at run time."""
+    b = B.GraphBuilder(seed)
+    x = b.input("x", ["N", 6])
+    wt = b.node("Transpose", [b.const(b.randn(8, 6), "W")], perm=[1, 0], name="wT")
+    h = b.relu(b.node("Add", [b.node("MatMul", [x, wt], name="mm1"), b.const(b.randn(8, scale=0.1))]))
+    v = b.node("Reshape", [b.const(b.randn(40), "V"), b.const(np.array([8, 5], dtype=np.int64))], name="vR")
+    h = b.relu(b.node("Gemm", [h, v, b.const(b.randn(5, scale=0.1))], name="gemm2"))
+    u = b.node("Cast", [b.const(b.randn(5, 3).astype(np.float64), "U")], to=onnx.TensorProto.FLOAT, name="uC")
+    b.output(b.node("MatMul", [h, u], name="mm3"))
+    return b.model(opset=opset)
+
+
+def test_computed_weights_are_folded_under_their_names():
+    model = normalize(computed_weights())
+    inits = {t.name for t in model.graph.initializer}
+    assert {"wT_out", "vR_out", "uC_out"} <= inits and not {"W", "V", "U"} & inits
+    assert {n.op_type for n in model.graph.node} == {"MatMul", "Add", "Relu", "Gemm", "Identity"}
+    names = {g.name for g in analyze(model).groups}
+    assert names == {"mm1", "gemm2"}
+    (got,) = B.run(model, B.random_inputs(model, 4, 2))
+    (want,) = B.run(computed_weights(), B.random_inputs(model, 4, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_models_without_computed_weights_are_untouched(monkeypatch):
+    """normalize() with folding writes byte-identical models to normalize() without it on every
+    fixture and pattern (Constant nodes are moved to initializers before folding looks)."""
+    from pathlib import Path
+
+    import onnxprune.io.modelio as modelio
+    import patterns as P
+    from test_masked_equivalence import MODELS as PATTERNS
+
+    fixtures = Path(__file__).parent / "fixtures"
+    models = [onnx.load(str(p)) for p in sorted(fixtures.glob("*.onnx"))]
+    models += [build() for build in PATTERNS.values()] + [P.residual_projection()]
+    for m in models:
+        folded = modelio.normalize(m).SerializeToString()
+        with monkeypatch.context() as patch:
+            patch.setattr(modelio, "fold_weights", lambda model: 0)
+            plain = modelio.normalize(m).SerializeToString()
+        assert folded == plain
+
+
+@pytest.mark.parametrize("keep", KEEPS)
+def test_computed_weights_masked_equivalence(keep):
+    model = computed_weights()
+    assert_masked_equivalent(model, B.random_inputs(model, 32, 1), B.random_inputs(model, 6, 7), keep)
+
+
+# -- committed fixtures (tools/make_fixtures.py, tools/fixture_models2.py) ----------------
+
+def _fixture(name):
+    from pathlib import Path
+
+    from onnxprune.io.modelio import load_model
+
+    here = Path(__file__).parent / "fixtures"
+    return load_model(here / f"{name}.onnx"), dict(np.load(here / f"{name}_calib.npz"))
+
+
+def _stage(s, b, part):
+    return f"/layers/layers.{s}/layers.{s}.{b}/{part}/Conv"
+
+
+def test_resnet_option_a_fixture_groups():
+    model, _ = _fixture("resnet_option_a")
+    analysis = analyze(model)
+    groups = {g.name: g for g in analysis.groups}
+    stream = groups["/conv1/Conv"]
+    assert [p.node for p in stream.producers] == ["/conv1/Conv"] + [_stage(s, b, "conv2") for s in range(3)
+                                                                    for b in range(2)]
+    assert groups[f"{_stage(1, 0, 'conv2')}[0:4]"].channels == 4
+    assert groups[f"{_stage(2, 0, 'conv2')}[24:32]"].channels == 8
+    assert sum(a.kind == "pad" for g in groups.values() for a in g.attr_sites) == 4
+    assert len(groups) == 11 and [s.node for s in analysis.skipped] == ["/fc/Gemm"]
+
+
+def test_unet_decoder_fixture_groups():
+    model, _ = _fixture("unet_decoder")
+    analysis = analyze(model)
+    groups = {g.name: g for g in analysis.groups}
+    assert sorted(groups) == ["/down/down.0/Conv", "/enc/enc.0/Conv", "/up/up.0/ConvTranspose",
+                              "/up2/up2.0/ConvTranspose"]
+    up = groups["/up/up.0/ConvTranspose"]
+    assert "/up/up.1/BatchNormalization" in up.passthrough and [c.node for c in up.consumers] == ["/fuse/fuse.0/Conv"]
+    reasons = {s.node: s.reason for s in analysis.skipped}
+    assert "only as a producer" in reasons["/mid/mid.0/Conv"]
+
+
+def test_yolo_c2f_fixture_prunes_its_residual_bottlenecks():
+    model, data = _fixture("yolo_c2f")
+    pruned, report = prune(model, {k: v[:16] for k, v in data.items()}, keep=0.5)
+    done = {g["name"]: g for g in report.groups}
+    for block in ("c2f1", "c2f2"):
+        for name in (f"/{block}/cv1/conv/Conv[16:32]", f"/{block}/cv1/conv/Conv[0:16]"):
+            assert done[name]["channels_after"] == 8
+    shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    w = next(n for n in pruned.graph.node if n.name == "/c2f1/m.0/cv2/conv/Conv").input[1]
+    assert shapes[w][0] == 8
+    (got,) = B.run(pruned, {k: v[16:20] for k, v in data.items()})
+    assert got.shape == (4, 24, 4, 4) and np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("keep", KEEPS)
+@pytest.mark.parametrize("name", ["resnet_option_a", "unet_decoder", "yolo_c2f"])
+def test_fixture_masked_equivalence(name, keep):
+    model, data = _fixture(name)
+    assert_masked_equivalent(model, {k: v[:16] for k, v in data.items()}, {k: v[16:20] for k, v in data.items()},
+                             keep, mode="asym")
+
+
+@pytest.mark.parametrize("name", ["resnet_option_a", "unet_decoder"])
+def test_fixture_reweighted_prune_runs(name):
+    model, data = _fixture(name)
+    pruned, report = prune(model, data, keep=0.5)
+    onnx.checker.check_model(pruned, full_check=True)
+    before, after = B.run(model, data), B.run(pruned, data)
+    assert [a.shape for a in before] == [b.shape for b in after]
+    assert report.params_after < report.params_before
+    assert all(g["channels_after"] < g["channels_before"] for g in report.groups)
+    assert report.verify["output_rel_error"]["logits"] < 0.5

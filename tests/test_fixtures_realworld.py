@@ -82,13 +82,18 @@ def test_analyze_yolo_c2f():
     # SPPF: cv1 -> MaxPool x3 -> Concat -> cv2
     assert [c.node for c in groups["/sppf/cv1/conv/Conv"].consumers] == ["/sppf/cv2/conv/Conv"]
     assert "/sppf/Concat" in groups["/sppf/cv1/conv/Conv"].passthrough
-    # the backbone C2f residual Add pairs the bottleneck output with cv1's second half
+    # the backbone C2f residual Add pairs the bottleneck output with cv1's second half: cv1 is
+    # cut in two pieces, the second one coupled with the bottleneck (channel c with c+16)
     for block in ("c2f1", "c2f2"):
-        for conv in (f"/{block}/cv1/conv/Conv", f"/{block}/m.0/cv2/conv/Conv"):
-            assert "pairs channel c of" in reasons[conv] and "c+16" in reasons[conv]
+        free, coupled = groups[f"/{block}/cv1/conv/Conv[0:16]"], groups[f"/{block}/cv1/conv/Conv[16:32]"]
+        assert free.channels == coupled.channels == 16
+        assert [p.node for p in free.producers] == [f"/{block}/cv1/conv/Conv"]
+        assert [p.node for p in coupled.producers] == [f"/{block}/cv1/conv/Conv", f"/{block}/m.0/cv2/conv/Conv"]
+        assert sorted(c.node for c in coupled.consumers) == [f"/{block}/cv2/conv/Conv", f"/{block}/m.0/cv1/conv/Conv"]
+        assert f"/{block}/m.0/Add" in coupled.passthrough
     for head in ("/box/box.2/Conv", "/cls/cls.2/Conv"):
         assert "model output" in reasons[head]
-    assert len(analysis.groups) == 17 and len(analysis.skipped) == 6
+    assert len(analysis.groups) == 21 and len(analysis.skipped) == 2
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3_se", "mobilenetv3_se_dimneg"])

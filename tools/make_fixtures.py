@@ -1,4 +1,4 @@
-"""Export eight small, realistically structured PyTorch models as ONNX test fixtures.
+"""Export ten small, realistically structured PyTorch models as ONNX test fixtures.
 
 How to run (from the repository root)::
 
@@ -69,6 +69,9 @@ so that older onnxruntime releases load the files). Written to ``tests/fixtures/
     output batch dim stored as ``dim_value: -1`` instead of ``dim_param`` (as paddle2onnx
     writes it); it uses ``mobilenetv3_se_calib.npz``.
 
+``resnet_option_a.onnx``, ``unet_decoder.onnx``
+    see tools/fixture_models2.py (option-A zero-padded shortcuts; ConvTranspose decoder).
+
 and for each ``<name>_calib.npz``: one float32 / int64 array per model input (float inputs
 N(0,1); 32 samples for the 3x32x32 image models, whose 64-sample files would be ~730 KB
 even compressed, 64 for the others). Every output is named ``logits``.
@@ -104,6 +107,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_export import OPSET, export_onnx
+from fixture_models2 import ResNetOptionA, UNetDecoder
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "tests" / "fixtures"
@@ -697,6 +701,9 @@ FIXTURES = [
     Fixture("yolo_c2f", YoloC2f, lambda: image_calib(7, IMAGE_CALIB_N, IMAGE), IMAGE_DYN, yolo_postprocess),
     Fixture("mobilenetv3_se", MobileNetV3SE, lambda: image_calib(8, IMAGE_CALIB_N, IMAGE), IMAGE_DYN,
             mobilenetv3_postprocess),
+    # issue #16 (tools/fixture_models2.py): 16x16 inputs keep the calibration files small
+    Fixture("resnet_option_a", ResNetOptionA, lambda: image_calib(9, IMAGE_CALIB_N, (3, 16, 16)), IMAGE_DYN),
+    Fixture("unet_decoder", UNetDecoder, lambda: image_calib(10, IMAGE_CALIB_N, (3, 16, 16)), IMAGE_DYN),
 ]
 
 

@@ -32,7 +32,10 @@ class AttrSite:
 
     kind 'conv_group': node's `group` = positions of layouts[0];
     kind 'split': node's split sizes = positions x block of each output layout;
-    kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor.
+    kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor;
+    kind 'pad': a Pad of zeros on the channel axis: `values` are its original pads (attribute,
+    or input `name` when given), entries `index` and `index + factor` (before, after on the
+    channel axis) = positions of layouts[0] and layouts[1].
     """
 
     node: str
@@ -41,6 +44,7 @@ class AttrSite:
     name: str | None = None
     index: int = 0
     factor: int = 1
+    values: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,11 @@ class Group:
     attr_sites: tuple = ()  # AttrSite values
     tensors: tuple = ()     # tensors carrying the channels
     position: int = 0       # topological position of the first producer
+    outputs: tuple = ()     # (producer node, Layout of its output channels in group coordinates)
+
+    def output_layout(self, node: str) -> Layout | None:
+        """A producer's output channels as layouts name them (None: not recorded)."""
+        return next((lay for n, lay in self.outputs if n == node), None)
 
     @property
     def boundary(self) -> str:
@@ -186,7 +195,7 @@ class Analysis:
         inside = {p.node for g in self.groups for p in g.producers} | {n for g in self.groups for n in g.passthrough}
         prunable = total = 0
         for node in index.topo_nodes():
-            if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+            if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
                 continue
             width = _output_channels(index, node)
             total += width
@@ -211,6 +220,10 @@ def _output_channels(index, node) -> int:
         return int(out[-1]) if out and out[-1] is not None else 0
     if node.op_type == "Conv":
         return int(w[0])
+    if node.op_type == "ConvTranspose":
+        from .index import attr
+
+        return int(w[1]) * int(attr(node, "group", 1))
     if node.op_type == "Gemm":
         from .index import attr
 

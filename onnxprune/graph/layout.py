@@ -90,22 +90,46 @@ def _merge(segments: tuple) -> tuple:
     return tuple(out)
 
 
+class Sources(tuple):
+    """A group's source names, carrying `outputs`: (producer node, Layout of its output channels)
+    for producers whose channels are split between groups (see pieces.py), so that `Alive`
+    can also say which output channels such a producer still has."""
+
+    outputs: tuple = ()
+
+    def __new__(cls, names, outputs=()):
+        out = super().__new__(cls, names)
+        out.outputs = tuple(outputs)
+        return out
+
+    def __reduce__(self):
+        return (Sources, (tuple(self), self.outputs))
+
+
 class Alive:
-    """Which channels of each source are still present (all, until its group is pruned)."""
+    """Which channels of each source are still present (all, until its group is pruned).
+
+    `kept[node]` of a producer whose output is split between groups is its whole output's
+    mask, kept up to date as those groups are marked (readers look producers up by node)."""
 
     def __init__(self):
         self.kept = {}          # source -> bool mask over its original channels
+        self._split = {}        # producer node -> Layout of its output (pieces of several groups)
 
     def mark(self, sources, channels: int, kept) -> None:
         mask = np.zeros(channels, dtype=bool)
         mask[np.asarray(kept, dtype=np.int64)] = True
         for s in sources:
             self.kept[s] = mask
+        self._split.update(getattr(sources, "outputs", ()))
+        for node, layout in self._split.items():
+            self.kept[node] = self.mask(layout)
 
     def after(self, sources, kept_mask: np.ndarray) -> "Alive":
         """A copy with `sources` reduced to `kept_mask`."""
         out = Alive()
         out.kept = dict(self.kept)
+        out._split = dict(self._split)
         for s in sources:
             out.kept[s] = kept_mask
         return out

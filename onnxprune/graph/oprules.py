@@ -15,6 +15,7 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
+from .padding import pad_effect
 from .reshape import flatten_effect, reshape_effect
 from .shapes import normalised, shape_range
 
@@ -269,25 +270,7 @@ def _slice(idx, node, layouts, opset):
 
 
 def _pad(idx, node, layouts, opset):
-    layout = _only_input0(node, layouts)
-    mode = attr(node, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    pads = attr(node, "pads") if opset < 11 else _const_ints(idx, node, node.input[1])
-    rank = layout.rank
-    if opset >= 18 and len(node.input) > 3 and node.input[3]:
-        axes = [a + rank if a < 0 else a for a in _const_ints(idx, node, node.input[3])]
-    else:
-        axes = list(range(rank))
-    n = len(axes)
-    before = dict(zip(axes, pads[:n]))
-    after = dict(zip(axes, pads[n:]))
-    p0, p1 = before.get(layout.axis, 0), after.get(layout.axis, 0)
-    if p0 == 0 and p1 == 0:
-        return _out(node, layout)
-    if mode != "constant" or p0 < 0 or p1 < 0 or layout.block != 1:
-        raise Refusal(f"Pad '{node.name}' pads the channel axis in a way onnxprune cannot follow")
-    segments = ((opaque(p0),) if p0 else ()) + layout.segments + ((opaque(p1),) if p1 else ())
-    return _out(node, replace(layout, segments=segments))
+    return pad_effect(idx, node, _only_input0(node, layouts), opset)
 
 
 def _concat(idx, node, layouts, opset):

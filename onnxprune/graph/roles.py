@@ -26,6 +26,7 @@ class Effect:
     outputs: dict = field(default_factory=dict)     # output tensor -> Layout
     sites: list = field(default_factory=list)       # ParamSite / AttrSite
     couplings: list = field(default_factory=list)   # (Layout, Layout) that must align position-wise
+    zeros: dict = field(default_factory=dict)       # zero source id -> channel count (Pad of zeros)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ def production(idx: GraphIndex, node) -> Source:
     if rank is None:
         raise Refusal(f"{op} '{name}' has an output of unknown rank")
     weight, wshape, bias = _weight_and_bias(idx, node)
+    if op == "ConvTranspose":
+        # weight [C_in, C_out/group, k...]: output channels are axis 1 (output_padding, strides
+        # and pads only shape the spatial axes)
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"ConvTranspose '{name}' is grouped (group={attr(node, 'group')})")
+        if bias is not None and len(idx.shapes[bias]) != 1:
+            raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
+        return _source(idx, Producer(name, op, weight, 1, bias), out, wshape[1], 1, rank)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}); its channels follow its input")
@@ -121,6 +130,14 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
     if len(node.input) < 2 or not idx.is_constant(node.input[1]):
         raise Refusal(f"{op} '{name}' multiplies the channels with a non-constant operand")
     weight, wshape, bias = _weight_and_bias(idx, node)
+    if op == "ConvTranspose":
+        # weight [C_in, C_out/group, k...]: output channels are axis 1 (output_padding, strides
+        # and pads only shape the spatial axes)
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"ConvTranspose '{name}' is grouped (group={attr(node, 'group')})")
+        if bias is not None and len(idx.shapes[bias]) != 1:
+            raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
+        return _source(idx, Producer(name, op, weight, 1, bias), out, wshape[1], 1, rank)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"channels reach grouped Conv '{name}' (group={attr(node, 'group')})")
@@ -199,4 +216,10 @@ def _str(value) -> str:
 
 def is_matmul_like(node) -> bool:
     return node.op_type in MATMUL_LIKE and node.domain in ("", "ai.onnx")
+
+
+def is_producer_only(node) -> bool:
+    """Ops that start a source but cannot consume pruned channels (their refit would need
+    transposed-convolution statistics): ConvTranspose."""
+    return node.op_type == "ConvTranspose" and node.domain in ("", "ai.onnx")
 

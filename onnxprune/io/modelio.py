@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from ..errors import OnnxPruneError, first_line
+from .fold import fold_weights
 from .largemodel import run_checker
 
 # Constant-node attributes that hold a value we can turn into an initializer, with its dtype.
@@ -54,7 +55,8 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
 
 
 def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
-    """Give every node a unique name and move Constant-node values to initializers.
+    """Give every node a unique name, move Constant-node values to initializers and fold
+    weights computed from constants only (fold.py).
 
     Both are semantics-preserving and let later stages address weights and nodes by name.
     Old IR (< 4) lists every initializer as a graph input too, so moved ones get listed.
@@ -87,6 +89,7 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
         graph.node.extend(keep)
         if model.ir_version < 4:
             graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in moved)
+    fold_weights(model)
     return model
 
 

@@ -52,9 +52,10 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
     site_names = {site.name for site in group.sites}
     for p in group.producers:
         if p.bias not in site_names:
-            _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask)
+            _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask,
+                                 group.output_layout(p.node))
     for a in group.attr_sites:
-        _write_count(graph, nodes[a.node], a, after, taken)
+        (_write_pad if a.kind == "pad" else _write_count)(graph, nodes[a.node], a, after, taken)
     out = _export_like(graph, model)
     restore(out, large)
     return out
@@ -94,13 +95,18 @@ def _write_consumer(graph, node, u, tensors, taken) -> None:
         node.attrs[name] = value
 
 
-def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask) -> None:
+def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask, layout=None) -> None:
     """Slice a producer bias the analysis did not list as per-channel: one onnxprune added
-    earlier, or a scalar bias an earlier refit of this node widened to one value per output."""
+    earlier, or a scalar bias an earlier refit of this node widened to one value per output.
+    `layout`: the producer's output channels as the group names them (part of them may be
+    another group's, see graph/pieces.py)."""
     from ..graph.layout import Layout, Segment
 
     bias = tensors[producer.bias] if producer.bias is not None else _added_bias(graph, node)
-    layout = Layout(0, 1, (Segment(producer.node, 0, kept_mask.size),))
+    if layout is None:
+        layout = Layout(0, 1, (Segment(producer.node, 0, kept_mask.size),))
+    else:
+        layout = Layout(0, 1, layout.segments)
     if bias is None or np.ndim(bias.values) == 0 or bias.values.shape[-1] != alive.current_positions(layout):
         return
     drop = alive.removal(layout, members, kept_mask)
@@ -126,6 +132,18 @@ def _write_count(graph, node, site, after: Alive, taken) -> None:
         _set_input(graph, reader, slot, shape, taken, f"{site.name}.{reader.name}")
     else:  # pragma: no cover - analysis only emits the kinds above
         raise ValueError(site.kind)
+
+
+def _write_pad(graph, node, site, after: Alive, taken) -> None:
+    """A Pad of zeros on the channel axis: its before/after amounts there are the zero
+    channels still present (see graph/padding.py)."""
+    pads = np.asarray(site.values, dtype=np.int64)
+    pads[site.index] = after.current_positions(site.layouts[0])
+    pads[site.index + site.factor] = after.current_positions(site.layouts[1])
+    if site.name is None:
+        node.attrs["pads"] = [int(p) for p in pads]
+    else:
+        _set_input(graph, node, 1, pads, taken, f"{node.name}.pads")
 
 
 # -- constants other nodes also read -------------------------------------------------------

@@ -8,8 +8,16 @@ import pytest
 
 import builders as B
 from test_masked_equivalence import assert_masked_equivalent
+from onnxprune.graph import padding
 from onnxprune import analyze, prune
 from onnxprune.io.modelio import normalize
+
+
+@pytest.fixture(autouse=True)
+def zero_sources(monkeypatch):
+    """Zero-padded streams are off by default (graph/padding.py says why); these tests check the
+    mechanism itself."""
+    monkeypatch.setattr(padding, "ZERO_SOURCES", True)
 
 KEEPS = (0.3, 0.6)
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import SHARED
 from onnxprune import prune
 from onnxprune import analyze
+from onnxprune.graph import padding
 from onnxprune.io.modelio import load_model
 
 pytestmark = [
@@ -14,11 +15,22 @@ pytestmark = [
 ]
 
 
-def test_resnet56_groups_are_the_block_internal_convs_and_the_three_streams():
-    """The 27 block-internal convs, plus the residual streams (option-A shortcuts: channel c of a
+def test_resnet56_groups_are_exactly_the_27_block_internal_convs():
+    """By default (graph/padding.ZERO_SOURCES off) the streams stay whole, as before."""
+    a = analyze(load_model(SHARED / "models" / "resnet56_cifar10.onnx"))
+    names = [g.name for g in a.groups]
+    expected = [f"/layer{s}/layer{s}.{b}/conv1/Conv" for s in (1, 2, 3) for b in range(9)]
+    assert names == expected
+    assert all(g.consumers[0].node == n.replace("conv1", "conv2") for g, n in zip(a.groups, names))
+    assert all(g.consumers[0].block == 9 for g in a.groups)
+
+
+def test_resnet56_groups_are_the_block_internal_convs_and_the_three_streams(monkeypatch):
+    """With zero sources on: the 27 block-internal convs, plus the residual streams (option-A shortcuts: channel c of a
     stage is channel c+8 / c+16 of the next, zero padding around it), which are cut into pieces:
     stage 1 with the middle of stages 2 and 3, the outer channels of stage 2 with the matching
     channels of stage 3, and the outer channels of stage 3 (graph/pieces.py)."""
+    monkeypatch.setattr(padding, "ZERO_SOURCES", True)
     a = analyze(load_model(SHARED / "models" / "resnet56_cifar10.onnx"))
     names = [g.name for g in a.groups]
     internal = [f"/layer{s}/layer{s}.{b}/conv1/Conv" for s in (1, 2, 3) for b in range(9)]

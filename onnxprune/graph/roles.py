@@ -200,3 +200,33 @@ def _str(value) -> str:
 def is_matmul_like(node) -> bool:
     return node.op_type in MATMUL_LIKE and node.domain in ("", "ai.onnx")
 
+
+
+def refit_layer(idx: GraphIndex, node) -> Consumer:
+    """Any Conv / Gemm / MatMul with a constant weight as a Consumer whose every input channel
+    is opaque (none pruned): the description `--refit all` refits a layer with. Raises Refusal
+    for what the refit cannot handle (grouped Conv, non-constant weight, unknown rank)."""
+    from .layout import opaque
+
+    op, name = node.op_type, node.name
+    if not is_matmul_like(node):
+        raise Refusal(f"{op} '{name}' is not a Conv, Gemm or MatMul")
+    if len(node.input) < 2 or not idx.is_constant(node.input[1]) or idx.is_constant(node.input[0]):
+        raise Refusal(f"{op} '{name}' has no constant weight applied to a data input")
+    wshape = idx.shapes.get(node.input[1])
+    if wshape is None:
+        raise Refusal(f"{op} '{name}' has a weight of unknown shape")
+    if op == "Conv":
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}): not refitted (each output "
+                          "channel would need its own group's statistics)")
+        layout = Layout(1, len(wshape), (opaque(wshape[1]),))
+    elif op == "Gemm":
+        width = wshape[1] if attr(node, "transB", 0) else wshape[0]
+        layout = Layout(0 if attr(node, "transA", 0) else 1, 2, (opaque(width),))
+    else:
+        rank = idx.rank(node.input[0])
+        if rank is None or len(wshape) != 2:
+            raise Refusal(f"MatMul '{name}' has an input of unknown rank or a weight of rank {len(wshape)}")
+        layout = Layout(rank - 1, rank, (opaque(wshape[0]),))
+    return consumer(idx, node, 0, layout)

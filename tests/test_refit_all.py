@@ -180,3 +180,18 @@ def test_fp16_model_is_refitted_in_its_own_dtype():
     dtypes = {t.data_type for t in pruned.graph.initializer if t.name != "sizes"}
     assert dtypes <= {TensorProto.FLOAT16, TensorProto.INT64}
     assert B.run(pruned, data)[0].dtype == np.float16
+
+
+def test_tied_weights_are_not_refitted():
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", 6])
+    h = b.relu(b.gemm(x, 6, 10, name="layer1"))
+    h = b.relu(b.node("Add", [b.gemm(h, 10, 6, name="layer2"), x]))
+    w = b.const(b.randn(6, 6))
+    h = b.relu(b.node("Add", [b.node("Gemm", [h, w], name="layer3", transB=1), h]))
+    y = b.node("Gemm", [h, w], name="layer4", transB=1)        # the same weight again
+    b.output(b.gemm(y, 6, 3, name="head"))
+    model = b.model()
+    _, report = prune(model, calib(model), keep=0.5, refit="all")
+    assert {e["node"] for e in report.to_dict()["refits"]} == {"head"}
+    assert any("layer3 not refitted" in n and "tied" in n for n in report.notes)

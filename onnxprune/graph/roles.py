@@ -216,6 +216,9 @@ def refit_layer(idx: GraphIndex, node) -> Consumer:
     wshape = idx.shapes.get(node.input[1])
     if wshape is None:
         raise Refusal(f"{op} '{name}' has a weight of unknown shape")
+    shared = [t for t in node.input[1:] if t and idx.is_constant(t) and len(idx.uses(t)) > 1]
+    if shared:
+        raise Refusal(f"{op} '{name}' shares its parameter '{shared[0]}' with another node (tied weights)")
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}): not refitted (each output "

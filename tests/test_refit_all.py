@@ -15,13 +15,15 @@ def residual_chain(kind: str, seed=0):
     layer3 and head read drifted inputs without being consumers of a pruned group.
     Returns (model, {layer3 name, head name} -> tensor holding that layer's output)."""
     b = B.GraphBuilder(seed)
-    if kind in ("conv", "conv_nobias", "depthwise"):
+    if kind in ("conv", "conv_nobias", "conv_bn", "depthwise"):
         x = b.input("x", ["N", 4, 6, 6])
         h = b.relu(b.conv(x, 4, 8, name="layer1"))
         h = b.relu(b.node("Add", [b.conv(h, 8, 4, name="layer2"), x]))
         if kind == "depthwise":
             w = b.const(b.randn(4, 1, 3, 3))
             y3 = b.node("Conv", [h, w], name="layer3", group=4, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        elif kind == "conv_bn":
+            y3 = b.bn(b.conv(h, 4, 4, bias=False, name="layer3"), 4)
         else:
             y3 = b.conv(h, 4, 4, bias=kind == "conv", name="layer3")
         h = b.relu(b.node("Add", [y3, h]))
@@ -57,7 +59,7 @@ def rel(a, b):
     return float(np.sum((a - b) ** 2) / np.sum(a ** 2))
 
 
-KINDS = ["gemm", "gemm_t", "matmul", "matmul_nobias", "conv", "conv_nobias"]
+KINDS = ["gemm", "gemm_t", "matmul", "matmul_nobias", "conv", "conv_nobias", "conv_bn"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -73,8 +75,13 @@ def test_drifted_layers_are_refitted_and_their_error_drops(kind):
     # the first refitted layer's numbers are the measured output errors on the calibration data
     ref = tensor(model, outs["layer3"], data)
     e = entries["layer3"]
-    assert rel(ref, tensor(before, outs["layer3"], data)) == pytest.approx(e["rel_error_before"], rel=1e-3, abs=1e-9)
-    assert rel(ref, tensor(after, outs["layer3"], data)) == pytest.approx(e["rel_error_after"], rel=1e-3, abs=1e-9)
+    if kind == "conv_bn":      # outs["layer3"] is the BN's output, and the intercept moved into its mean
+        assert rel(ref, tensor(after, outs["layer3"], data)) < rel(ref, tensor(before, outs["layer3"], data))
+    else:
+        assert rel(ref, tensor(before, outs["layer3"], data)) == pytest.approx(e["rel_error_before"], rel=1e-3,
+                                                                              abs=1e-9)
+        assert rel(ref, tensor(after, outs["layer3"], data)) == pytest.approx(e["rel_error_after"], rel=1e-3,
+                                                                             abs=1e-9)
     assert e["rel_error_after"] < e["rel_error_before"]
     assert entries["head"]["rel_error_after"] < entries["head"]["rel_error_before"]
     final = outs["head"]
@@ -195,3 +202,16 @@ def test_tied_weights_are_not_refitted():
     _, report = prune(model, calib(model), keep=0.5, refit="all")
     assert {e["node"] for e in report.to_dict()["refits"]} == {"head"}
     assert any("layer3 not refitted" in n and "tied" in n for n in report.notes)
+
+
+def test_intercept_of_a_conv_before_batchnorm_moves_into_its_mean():
+    from onnxprune.graph.index import float_param_count
+
+    model, _ = residual_chain("conv_bn")
+    data = calib(model)
+    before, _ = prune(model, data, keep=0.5, refit="consumers")
+    after, report = prune(model, data, keep=0.5, refit="all")
+    assert "layer3" in {e["node"] for e in report.to_dict()["refits"]}
+    assert float_param_count(after) == float_param_count(before)      # no bias added: the budget holds
+    conv = next(n for n in after.graph.node if n.name == "layer3")
+    assert len(conv.input) == 2

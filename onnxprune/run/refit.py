@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from onnx import numpy_helper
+
 from ..graph.index import GraphIndex
 from ..graph.roles import Refusal, is_matmul_like, refit_layer
 from ..rewrite.apply import apply_group
@@ -142,7 +144,7 @@ def refit_layers(pruner, current, step: LayerStep):
                                        {lead.node: np.hstack(targets)})[0]
     t = pruner.clock.add("capture", t)
     pruner.masked.update([c.node for c in step.layers] if stats.masked else [])
-    updates, entries, col = [], [], 0
+    updates, entries, col, folds = [], [], 0, {}
     for c, target, w0 in zip(step.layers, targets, currents):
         width = target.shape[1]
         energy = float(xp.sum(stats.column_target[col:col + width]))
@@ -151,6 +153,7 @@ def refit_layers(pruner, current, step: LayerStep):
         new = toward(problem, [], pruner.opts.ridge, w0, xp)
         before = problem.error([], xp.asarray(w0), xp)
         after = problem.error([], xp.asarray(new), xp)
+        folds.update(_fold_into_batchnorm(idx, c, new))
         updates.append(consumer_update(idx, c, new))
         entries.append({"node": c.node, "rel_error_before": before / energy if energy > 0 else 0.0,
                         "rel_error_after": after / energy if energy > 0 else 0.0,
@@ -159,5 +162,33 @@ def refit_layers(pruner, current, step: LayerStep):
     stub = SimpleNamespace(channels=0, sources=(), sites=(), producers=(), attr_sites=(),
                            consumers=tuple(step.layers))
     out = apply_group(current, stub, [], updates, alive)
+    for init in out.graph.initializer:
+        if init.name in folds:
+            init.CopyFrom(numpy_helper.from_array(folds[init.name], init.name))
     pruner.clock.add("rewrite", t)
     return out, entries
+
+
+def _fold_into_batchnorm(idx: GraphIndex, c, new: np.ndarray) -> dict:
+    """A bias-free Conv/Gemm whose only reader is a BatchNormalization takes its refitted
+    intercept as a shift of that BN's running mean (BN(y + b) = BN'(y) with mean' = mean - b),
+    so the refit adds no parameter the budget did not count. Zeroes new's intercept row in
+    place; returns {mean initializer: new value} (empty when it does not apply)."""
+    if c.bias is not None or c.bias_node is not None or c.op == "MatMul":
+        return {}
+    node = idx.nodes[c.node]
+    uses = idx.uses(node.output[0])
+    if len(uses) != 1 or node.output[0] in idx.graph_outputs:
+        return {}
+    bn, slot = uses[0]
+    if bn.op_type != "BatchNormalization" or slot != 0 or len(bn.input) < 5 or len(bn.output) > 1:
+        return {}
+    mean = bn.input[3]
+    if not idx.is_constant(mean) or len(idx.uses(mean)) != 1:
+        return {}
+    old = idx.array(mean)
+    if old.shape != (new.shape[1],):
+        return {}
+    folded = (old.astype(np.float64) - new[-1]).astype(old.dtype)
+    new[-1] = 0.0
+    return {mean: folded}

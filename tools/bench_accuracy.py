@@ -90,6 +90,8 @@ def main() -> None:
     p.add_argument("--reweight", choices=("yes", "no", "both"), default="yes",
                    help="refit the consumers (yes), not (no), or run every configuration both ways")
     p.add_argument("--no-reweight", action="store_true", help="same as --reweight both")
+    p.add_argument("--refit", action="append", default=[], choices=("consumers", "all"),
+                   help="seq/asym: refit the consumers only and/or every drifted layer [the CLI's default]")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--offset", type=int, default=0, help="first calibration image (seeds pick other windows)")
     p.add_argument("--data-free", action="store_true",
@@ -106,25 +108,28 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {a.model} | original | | | | | 1.00 | 1.00 | {top1(model, dataset):.4f} | | |", flush=True)
     reweights = {"yes": [True], "no": [False], "both": [True, False]}["both" if a.no_reweight else a.reweight]
-    configs = [(ratio, method, mode, rw, alloc) for ratio in a.compression or [2.0] for method in a.method or ["greedy"]
-               for mode in a.mode or ["asym"] for rw in reweights for alloc in a.allocation or ["uniform"]]
-    for ratio, method, mode, rw, alloc in configs:
+    configs = [(ratio, method, mode, rw, alloc, refit) for ratio in a.compression or [2.0]
+               for method in a.method or ["greedy"] for mode in a.mode or ["asym"] for rw in reweights
+               for alloc in a.allocation or ["uniform"] for refit in a.refit or [None]]
+    for ratio, method, mode, rw, alloc, refit in configs:
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             out = Path(tmp) / "pruned.onnx"
             extra = ["--compression", str(ratio), "--method", method, "--mode", mode,
                      "--reweight" if rw else "--no-reweight", "--allocation", alloc,
-                     *([] if a.data_free else ["--samples", str(a.samples)]), *a.extra.split()]
+                     *([] if a.data_free else ["--samples", str(a.samples)]),
+                     *([] if refit is None else ["--refit", refit]), *a.extra.split()]
             report, wall, rss = run_prune(model, None if a.data_free else calib, out, extra)
             acc = top1(out, dataset)
         flops = report["flops_ratio"] or float("nan")
-        print(f"| {a.model} | {method} | {mode} | {'yes' if rw else 'no'} | {alloc} | {ratio:g} | "
+        shown = mode if refit is None else f"{mode}, refit {refit}"
+        print(f"| {a.model} | {method} | {shown} | {'yes' if rw else 'no'} | {alloc} | {ratio:g} | "
               f"{report['compression']:.2f} | {flops:.2f} | {acc:.4f} | {wall:.1f} | {rss:.0f} |", flush=True)
         if a.log:
             with a.log.open("a") as fh:
                 fh.write(json.dumps({"model": a.model, "method": method, "mode": mode, "reweight": rw,
                                      "allocation": alloc, "target": ratio, "ratio": report["compression"],
                                      "flops_ratio": report["flops_ratio"], "top1": acc, "seconds": wall,
-                                     "peak_rss_mb": rss, "extra": a.extra, "offset": a.offset,
+                                     "peak_rss_mb": rss, "refit": refit, "extra": a.extra, "offset": a.offset,
                                      "samples": None if a.data_free else a.samples}) + "\n")
 
 

@@ -27,6 +27,7 @@ class ConsumerStats:
     target: float | None    # Σ ||[A 1] W_A||²           (asym only)
     rows: int
     masked: bool = False    # padding rows were dropped (--row-mask)
+    column_target: object | None = None     # asym: Σ ||A w_j||² per target column j
 
     @property
     def features(self) -> int:
@@ -48,6 +49,7 @@ class GramAccumulator:
         self.gram = None
         self.cross = None
         self.target = 0.0
+        self.column_target = 0.0
         self.rows = 0
         self._order = None        # weight-row order of B's native columns (None: identity)
         self._order_a = None
@@ -78,7 +80,9 @@ class GramAccumulator:
                 a = a[rows] if rows is not None else a
                 self.cross += xp.dot(b.T, a)
                 y = xp.dot(a, self._weight_native)
-                self.target += float(xp.sum(y * y))
+                yy = y * y
+                self.target += float(xp.sum(yy))
+                self.column_target = self.column_target + xp.sum(yy, axis=0)
             self.rows += b.shape[0]
 
     def _width(self, batch) -> int:
@@ -116,4 +120,5 @@ class GramAccumulator:
             target=self.target if self.asym else None,
             rows=self.rows,
             masked=self.masked,
+            column_target=self.column_target if self.asym else None,
         )

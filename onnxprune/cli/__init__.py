@@ -90,6 +90,11 @@ def _method_options(f):
                      help="Refit consumers by least squares [default: on; off for coreset without --calib]."),
         click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True,
                      help="Relative ridge of the refit."),
+        click.option("--refit", type=click.Choice(["consumers", "all"]), default=None,
+                     help="seq/asym: refit only the consumers of pruned groups, or also every other "
+                          "Conv/Gemm/MatMul whose input drifted, to the original layer's output [default: all "
+                          "with calibration data and reweighting; layer mode always refits the consumers only, "
+                          "from the original activations]."),
         click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
                      help="uniform: same keep fraction per group; error: balanced greedy reconstruction error."),
         click.option("--target", type=click.Choice(TARGETS), default="params", show_default=True,

@@ -223,3 +223,37 @@ def is_producer_only(node) -> bool:
     transposed-convolution statistics): ConvTranspose."""
     return node.op_type == "ConvTranspose" and node.domain in ("", "ai.onnx")
 
+
+def refit_layer(idx: GraphIndex, node) -> Consumer:
+    """Any Conv / Gemm / MatMul with a constant weight as a Consumer whose every input channel
+    is opaque (none pruned): the description `--refit all` refits a layer with. Raises Refusal
+    for what the refit cannot handle (grouped Conv, non-constant weight, unknown rank)."""
+    from .layout import opaque
+
+    op, name = node.op_type, node.name
+    if is_producer_only(node):
+        raise Refusal(f"{op} '{name}' is not refitted (it would need transposed-convolution statistics)")
+    if not is_matmul_like(node):
+        raise Refusal(f"{op} '{name}' is not a Conv, Gemm or MatMul")
+    if len(node.input) < 2 or not idx.is_constant(node.input[1]) or idx.is_constant(node.input[0]):
+        raise Refusal(f"{op} '{name}' has no constant weight applied to a data input")
+    wshape = idx.shapes.get(node.input[1])
+    if wshape is None:
+        raise Refusal(f"{op} '{name}' has a weight of unknown shape")
+    shared = [t for t in node.input[1:] if t and idx.is_constant(t) and len(idx.uses(t)) > 1]
+    if shared:
+        raise Refusal(f"{op} '{name}' shares its parameter '{shared[0]}' with another node (tied weights)")
+    if op == "Conv":
+        if attr(node, "group", 1) != 1:
+            raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}): not refitted (each output "
+                          "channel would need its own group's statistics)")
+        layout = Layout(1, len(wshape), (opaque(wshape[1]),))
+    elif op == "Gemm":
+        width = wshape[1] if attr(node, "transB", 0) else wshape[0]
+        layout = Layout(0 if attr(node, "transA", 0) else 1, 2, (opaque(width),))
+    else:
+        rank = idx.rank(node.input[0])
+        if rank is None or len(wshape) != 2:
+            raise Refusal(f"MatMul '{name}' has an input of unknown rank or a weight of rank {len(wshape)}")
+        layout = Layout(rank - 1, rank, (opaque(wshape[0]),))
+    return consumer(idx, node, 0, layout)

@@ -37,6 +37,7 @@ class PruneOptions:
     round_to: int = 1
     coreset_beta: float = 1.0
     draw: str = "systematic"
+    refit: str | None = None            # consumers | all; None: all in seq/asym with data and reweighting
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -58,6 +59,11 @@ class PruneOptions:
                                      ("draw", self.draw, DRAWS)):
             if value not in choices:
                 raise OnnxPruneError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        if self.refit not in (None, "consumers", "all"):
+            raise OnnxPruneError(f"unknown refit {self.refit!r}; choose one of consumers, all")
+        if self.refit == "all" and self.mode == "layer":
+            raise OnnxPruneError("--refit all needs --mode seq or asym (layer mode takes every statistic from "
+                                 "the original model, so no layer's input drifts)")
         if self.batch_size <= 0:
             raise OnnxPruneError(f"--batch-size must be positive, got {self.batch_size}")
         if self.ridge < 0:

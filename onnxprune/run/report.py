@@ -44,6 +44,7 @@ class Report:
     schema_version: int = SCHEMA_VERSION
     tool: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)     # decisions a user should know about, one line each
+    refits: list | None = None    # --refit all: every refitted non-consumer layer (absent otherwise)
 
     @property
     def compression(self) -> float:
@@ -56,8 +57,8 @@ class Report:
                             if self.flops_before and self.flops_after else None)
         order = ["schema_version", "tool", "input", "output", "method", "mode", "reweight", "seed", "device",
                  "calibration", "budget", "params_before", "params_after", "compression", "flops_before",
-                 "flops_after", "flops_ratio", "groups", "skipped", "verify", "notes", "seconds"]
-        return {k: d[k] for k in order}
+                 "flops_after", "flops_ratio", "groups", "refits", "skipped", "verify", "notes", "seconds"]
+        return {k: d[k] for k in order if k != "refits" or d[k] is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
@@ -74,7 +75,7 @@ class Report:
 
 
 def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dict, notes: list,
-                 masked: set) -> Report:
+                 masked: set, refits: list | None = None) -> Report:
     """The Report of one run over `session` with (resolved) `opts`: `groups` are the
     GroupReport dicts, `masked` the consumers whose padding rows were dropped."""
     calib = session.calibration
@@ -97,5 +98,5 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
         flops_before=model_flops(session.model, session.index), flops_after=model_flops(pruned),
         groups=groups, skipped=[s.to_dict() for s in session.analysis.skipped], verify=verify,
         seconds={k: round(v, 3) for k, v in seconds.items()},
-        tool={"name": "onnxprune", "version": __version__}, notes=notes,
+        tool={"name": "onnxprune", "version": __version__}, notes=notes, refits=refits,
     )

@@ -23,15 +23,20 @@ from ..methods.weight_norm import weight_norms
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
 from ..solve.problem import ChannelView, Problem, original_rows
+from ..solve.refit import toward
 from ..solve.reweight import least_squares
 from .clock import Clock
 from .layercache import LayerCache
+from .refit import GroupStep, plan_steps, refit_layers
 from .report import GroupReport, build_report
 from .session import Session, calibration_for
 from .surgery import surgery_check
 from .verify import check, drift_warning, output_fidelity
 
 VERIFY_SAMPLES = 256
+# The consumers' refit: plain ridge toward zero (False) or toward their current weights
+# (True, as the --refit all layers); docs/refit-notes.md has the measurement behind the choice.
+CONSUMERS_TOWARD_W0 = False
 
 
 def data_free_note(method: str) -> str:
@@ -49,6 +54,12 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
         opts = replace(opts, reweight=not (opts.impl.data_free and session.calibration is None))
         if not opts.reweight:
             notes.append(data_free_note(opts.method))
+    if opts.refit is None:
+        refit = opts.reweight and opts.mode != "layer" and session.calibration is not None
+        opts = replace(opts, refit="all" if refit else "consumers")
+    elif opts.refit == "all" and not (opts.reweight and session.calibration is not None):
+        notes.append("--refit all needs calibration data and reweighting: only the consumers' refit applies")
+        opts = replace(opts, refit="consumers")
     if opts.needs_data and session.calibration is None:
         calibration_for(session.model, None, opts)            # raises the user error
     t, captured = time.perf_counter(), clock.seconds.get("capture", 0.0)
@@ -71,8 +82,9 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     clock.add("verify", t)
     clock.seconds["analyze"] = session.setup_seconds if include_setup else 0.0
     clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]
+    refits = pruner.refits if opts.refit == "all" else None
     return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes + pruner.notes,
-                                pruner.masked)
+                                pruner.masked, refits)
 
 
 class GroupPruner:
@@ -94,29 +106,44 @@ class GroupPruner:
             self.capturer = Capturer(session.calibration, session.batch_size, session.device, self.xp,
                                      self.progress, session.row_mask)
         self.masked = set()           # consumers whose padding rows were dropped (--row-mask)
+        self.refits = []              # --refit all: one entry per refitted non-consumer layer
         self.notes = []               # decisions a user should know about (for the report)
+        self.underdetermined = []     # --refit all: layers with fewer calibration rows than features
 
     def run(self, counts: dict):
         groups = self.session.groups
         todo = [g for g in groups if counts[g.name] < g.channels]
+        refit = self.opts.refit if self.capturer is not None else "consumers"
+        steps, self.notes = plan_steps(self.session, todo, refit, self.opts.exclude)
         if self.session.calibration is not None and todo:    # keep=1 (or rounding) may leave nothing to capture
             if self.layer:
                 self.cache.layer_capture(todo, self.method, self.clock, self.progress)
             else:
-                self.capturer.plan(self.original, [g.boundary for g in todo])
-        current, reports = self.original, []
+                self.capturer.plan(self.original, [s.boundary for s in steps])
+        current, done = self.original, {}
         try:
-            for g in groups:
-                k = counts[g.name]
-                if k >= g.channels:
-                    reports.append(asdict(GroupReport(g.name, g.channels, g.channels, list(range(g.channels)), 0.0,
-                                                      [c.node for c in g.consumers])))
+            for step in steps:
+                if isinstance(step, GroupStep):
+                    g = step.group
+                    current, done[g.name] = self._prune_group(current, g, counts[g.name])
                     continue
-                current, report = self._prune_group(current, g, k)
-                reports.append(report)
+                current, entries = refit_layers(self, current, step)
+                self.refits.extend(entries)
+                self.underdetermined += [e["node"] for e in entries if e["rows"] < e["features"]]
         finally:
             if self.capturer is not None:
                 self.capturer.close()
+        if self.underdetermined:
+            self.notes.append(f"--refit all: {len(self.underdetermined)} layer(s) had fewer calibration rows than "
+                              f"input features (the ridge toward their weights decides the rest): "
+                              f"{', '.join(self.underdetermined)}")
+        reports = []
+        for g in groups:
+            if g.name in done:
+                reports.append(done[g.name])
+            else:
+                reports.append(asdict(GroupReport(g.name, g.channels, g.channels, list(range(g.channels)), 0.0,
+                                                  [c.node for c in g.consumers])))
         return current, reports
 
     def _prune_group(self, current, g, k: int):
@@ -137,8 +164,13 @@ class GroupPruner:
             if sel.scales is not None and not opts.reweight:
                 matrix = scaled_rows(matrix, view, sel.kept, sel.scales)
             if problem is not None:
-                canonical = (least_squares(problem, sel.kept, opts.ridge, xp) if opts.reweight
-                             else matrix[view.order][problem.rows(sel.kept)])
+                if not opts.reweight:
+                    canonical = matrix[view.order][problem.rows(sel.kept)]
+                elif CONSUMERS_TOWARD_W0:
+                    canonical = toward(problem, sel.kept, opts.ridge, problem.weight[xp.asarray(problem.rows(sel.kept))],
+                                       xp)
+                else:
+                    canonical = least_squares(problem, sel.kept, opts.ridge, xp)
                 err += problem.error(sel.kept, xp.asarray(canonical), xp)
                 energy += problem.target
                 rows = view.order[problem.rows(sel.kept)]

@@ -1,0 +1,49 @@
+"""Ridge least squares pulled toward the layer's own weights, and the all-inputs-kept problem
+of `--refit all` (a layer none of whose inputs is pruned, refitted to the original output).
+
+    min ||X W - Y||² + λ ||W - W0||²   =>   W = (G + λI)⁻¹ (H + λ W0)
+
+with G = XᵀX, H = XᵀY, λ = ridge x mean diagonal of G (the intercept row is not penalised).
+W0 = 0 is the plain ridge of reweight.least_squares.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .problem import ChannelView, Problem
+from .xp import to_numpy
+
+
+def toward(problem: Problem, kept, ridge: float, w0, xp) -> np.ndarray:
+    """New (|S|, m) weights for the kept rows S, pulled toward `w0` (|S| x m, same rows)."""
+    s = xp.asarray(problem.rows(kept))
+    g = problem.gram[s][:, s].copy()
+    h = problem.h[s].copy()
+    n = g.shape[0] - 1
+    if n > 0:
+        lam = ridge * float(xp.mean(xp.diagonal(g)[:n]))
+        if lam > 0:
+            g[xp.arange(n), xp.arange(n)] += lam
+            h[:n] += lam * xp.asarray(w0, dtype=xp.float64)[:n]
+    try:
+        w = xp.linalg.solve(g, h)
+        if not bool(xp.all(xp.isfinite(w))):
+            raise np.linalg.LinAlgError("non-finite solution")
+    except np.linalg.LinAlgError:
+        w = xp.linalg.lstsq(g, h, rcond=None)[0]
+    return to_numpy(w)
+
+
+def whole_view(rows: int) -> ChannelView:
+    """A view with no candidate channel: every row (features, intercept last) is fixed."""
+    return ChannelView(np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64),
+                       np.arange(rows, dtype=np.int64), rows, 0)
+
+
+def whole_problem(gram, cross, target: float, weight, target_weight, xp) -> Problem:
+    """The problem of a layer that keeps all its inputs: inputs from the current model
+    (`gram`), targets the original layer's output (`cross` @ `target_weight`, energy `target`)."""
+    w = xp.asarray(weight, dtype=xp.float64)
+    h = cross @ xp.asarray(target_weight, dtype=xp.float64)
+    rows = gram.shape[0]
+    return Problem(gram, h, w, float(target), 1, 0, rows, np.zeros(0, dtype=np.int64))

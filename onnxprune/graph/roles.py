@@ -53,13 +53,7 @@ def production(idx: GraphIndex, node) -> Source:
         raise Refusal(f"{op} '{name}' has an output of unknown rank")
     weight, wshape, bias = _weight_and_bias(idx, node)
     if op == "ConvTranspose":
-        # weight [C_in, C_out/group, k...]: output channels are axis 1 (output_padding, strides
-        # and pads only shape the spatial axes)
-        if attr(node, "group", 1) != 1:
-            raise Refusal(f"ConvTranspose '{name}' is grouped (group={attr(node, 'group')})")
-        if bias is not None and len(idx.shapes[bias]) != 1:
-            raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
-        return _source(idx, Producer(name, op, weight, 1, bias), out, wshape[1], 1, rank)
+        return _conv_transpose_source(idx, node, weight, wshape, bias, out, rank)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}); its channels follow its input")
@@ -131,13 +125,7 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
         raise Refusal(f"{op} '{name}' multiplies the channels with a non-constant operand")
     weight, wshape, bias = _weight_and_bias(idx, node)
     if op == "ConvTranspose":
-        # weight [C_in, C_out/group, k...]: output channels are axis 1 (output_padding, strides
-        # and pads only shape the spatial axes)
-        if attr(node, "group", 1) != 1:
-            raise Refusal(f"ConvTranspose '{name}' is grouped (group={attr(node, 'group')})")
-        if bias is not None and len(idx.shapes[bias]) != 1:
-            raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
-        return _source(idx, Producer(name, op, weight, 1, bias), out, wshape[1], 1, rank)
+        return _conv_transpose_source(idx, node, weight, wshape, bias, out, rank)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"channels reach grouped Conv '{name}' (group={attr(node, 'group')})")
@@ -216,6 +204,17 @@ def _str(value) -> str:
 
 def is_matmul_like(node) -> bool:
     return node.op_type in MATMUL_LIKE and node.domain in ("", "ai.onnx")
+
+
+def _conv_transpose_source(idx: GraphIndex, node, weight, wshape, bias, out: str, rank: int):
+    """A ConvTranspose's output channels as a source: weight [C_in, C_out/group, k...], so they
+    are axis 1 (output_padding, strides and pads only shape the spatial axes)."""
+    name = node.name
+    if attr(node, "group", 1) != 1:
+        raise Refusal(f"ConvTranspose '{name}' is grouped (group={attr(node, 'group')})")
+    if bias is not None and len(idx.shapes[bias]) != 1:
+        raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
+    return _source(idx, Producer(name, "ConvTranspose", weight, 1, bias), out, wshape[1], 1, rank)
 
 
 def is_producer_only(node) -> bool:

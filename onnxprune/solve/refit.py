@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .reweight import least_squares
 from .problem import ChannelView, Problem
-from .xp import to_numpy
 
 
 def toward(problem: Problem, kept, ridge: float, w0, xp) -> np.ndarray:
     """New (|S|, m) weights for the kept rows S, pulled toward `w0` (|S| x m, same rows)."""
-    s = xp.asarray(problem.rows(kept))
-    g = problem.gram[s][:, s].copy()
-    h = problem.h[s].copy()
-    n = g.shape[0] - 1
-    if n > 0:
-        lam = ridge * float(xp.mean(xp.diagonal(g)[:n]))
-        if lam > 0:
-            g[xp.arange(n), xp.arange(n)] += lam
-            h[:n] += lam * xp.asarray(w0, dtype=xp.float64)[:n]
-    try:
-        w = xp.linalg.solve(g, h)
-        if not bool(xp.all(xp.isfinite(w))):
-            raise np.linalg.LinAlgError("non-finite solution")
-    except np.linalg.LinAlgError:
-        w = xp.linalg.lstsq(g, h, rcond=None)[0]
-    return to_numpy(w)
+    return least_squares(problem, kept, ridge, xp, w0=w0)
 
 
 def whole_view(rows: int) -> ChannelView:

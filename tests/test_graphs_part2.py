@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 import builders as B
+from test_fixtures import assert_half_keep_prunes_and_runs
 from test_masked_equivalence import assert_masked_equivalent
 from onnxprune.graph import padding
 from onnxprune import analyze, prune
@@ -340,11 +341,4 @@ def test_fixture_masked_equivalence(name, keep):
 
 @pytest.mark.parametrize("name", ["resnet_option_a", "unet_decoder"])
 def test_fixture_reweighted_prune_runs(name):
-    model, data = _fixture(name)
-    pruned, report = prune(model, data, keep=0.5)
-    onnx.checker.check_model(pruned, full_check=True)
-    before, after = B.run(model, data), B.run(pruned, data)
-    assert [a.shape for a in before] == [b.shape for b in after]
-    assert report.params_after < report.params_before
-    assert all(g["channels_after"] < g["channels_before"] for g in report.groups)
-    assert report.verify["output_rel_error"]["logits"] < 0.5
+    assert_half_keep_prunes_and_runs(*_fixture(name))

@@ -6,7 +6,8 @@ import pytest
 import builders as B
 from onnxprune import OnnxPruneError, prune
 from onnxprune.capture.stream import submodel
-from onnxprune.solve.refit import toward, whole_problem
+from onnxprune.solve.refit import whole_problem
+from onnxprune.solve.reweight import least_squares
 
 
 def residual_chain(kind: str, seed=0):
@@ -163,12 +164,12 @@ def test_ridge_toward_w0_is_the_closed_form():
     penalty = lam * np.eye(d + 1)
     penalty[d, d] = 0.0                         # the intercept is not penalised
     expected = np.linalg.solve(gram + penalty, cross @ wt + penalty @ w0)
-    got = toward(problem, [], ridge, w0, np)
+    got = least_squares(problem, [], ridge, np, w0=w0)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     # its objective is the closed form's: ||X W - Xa Wt||² + λ||W - W0||² (features only)
     err = problem.error([], got, np)
     assert err == pytest.approx(float(np.sum((x @ got - xa @ wt) ** 2)), rel=1e-8)
-    np.testing.assert_allclose(toward(problem, [], 0.0, w0, np), np.linalg.solve(gram, cross @ wt), rtol=1e-8)
+    np.testing.assert_allclose(least_squares(problem, [], 0.0, np, w0=w0), np.linalg.solve(gram, cross @ wt), rtol=1e-8)
 
 
 def test_fp16_model_is_refitted_in_its_own_dtype():

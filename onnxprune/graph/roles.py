@@ -124,8 +124,6 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
     if len(node.input) < 2 or not idx.is_constant(node.input[1]):
         raise Refusal(f"{op} '{name}' multiplies the channels with a non-constant operand")
     weight, wshape, bias = _weight_and_bias(idx, node)
-    if op == "ConvTranspose":
-        return _conv_transpose_source(idx, node, weight, wshape, bias, out, rank)
     if op == "Conv":
         if attr(node, "group", 1) != 1:
             raise Refusal(f"channels reach grouped Conv '{name}' (group={attr(node, 'group')})")

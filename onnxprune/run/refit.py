@@ -24,7 +24,8 @@ from ..graph.index import GraphIndex
 from ..graph.roles import Refusal, is_matmul_like, refit_layer
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
-from ..solve.refit import toward, whole_problem
+from ..solve.refit import whole_problem
+from ..solve.reweight import least_squares
 
 REFITS = ("consumers", "all")
 
@@ -150,7 +151,7 @@ def refit_layers(pruner, current, step: LayerStep):
         energy = float(xp.sum(stats.column_target[col:col + width]))
         col += width
         problem = whole_problem(stats.gram, stats.cross, energy, w0, target, xp)
-        new = toward(problem, [], pruner.opts.ridge, w0, xp)
+        new = least_squares(problem, [], pruner.opts.ridge, xp, w0=w0)
         before = problem.error([], xp.asarray(w0), xp)
         after = problem.error([], xp.asarray(new), xp)
         folds.update(_fold_into_batchnorm(idx, c, new))

@@ -23,7 +23,6 @@ from ..methods.weight_norm import weight_norms
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
 from ..solve.problem import ChannelView, Problem, original_rows
-from ..solve.refit import toward
 from ..solve.reweight import least_squares
 from .clock import Clock
 from .layercache import LayerCache
@@ -35,7 +34,7 @@ from .verify import check, drift_warning, output_fidelity
 
 VERIFY_SAMPLES = 256
 # The consumers' refit: plain ridge toward zero (False) or toward their current weights
-# (True, as the --refit all layers); docs/refit-notes.md has the measurement behind the choice.
+# (True, as the --refit all layers); docs/RESULTS.md "Refit every layer" has the measurement.
 CONSUMERS_TOWARD_W0 = False
 
 
@@ -166,11 +165,9 @@ class GroupPruner:
             if problem is not None:
                 if not opts.reweight:
                     canonical = matrix[view.order][problem.rows(sel.kept)]
-                elif CONSUMERS_TOWARD_W0:
-                    canonical = toward(problem, sel.kept, opts.ridge, problem.weight[xp.asarray(problem.rows(sel.kept))],
-                                       xp)
                 else:
-                    canonical = least_squares(problem, sel.kept, opts.ridge, xp)
+                    w0 = problem.weight[xp.asarray(problem.rows(sel.kept))] if CONSUMERS_TOWARD_W0 else None
+                    canonical = least_squares(problem, sel.kept, opts.ridge, xp, w0=w0)
                 err += problem.error(sel.kept, xp.asarray(canonical), xp)
                 energy += problem.target
                 rows = view.order[problem.rows(sel.kept)]

@@ -4,25 +4,13 @@ of `--refit all` (a layer none of whose inputs is pruned, refitted to the origin
     min ||X W - Y||² + λ ||W - W0||²   =>   W = (G + λI)⁻¹ (H + λ W0)
 
 with G = XᵀX, H = XᵀY, λ = ridge x mean diagonal of G (the intercept row is not penalised).
-W0 = 0 is the plain ridge of reweight.least_squares.
+Solved by reweight.least_squares with `w0` (W0 = 0: its plain ridge).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .reweight import least_squares
-from .problem import ChannelView, Problem
-
-
-def toward(problem: Problem, kept, ridge: float, w0, xp) -> np.ndarray:
-    """New (|S|, m) weights for the kept rows S, pulled toward `w0` (|S| x m, same rows)."""
-    return least_squares(problem, kept, ridge, xp, w0=w0)
-
-
-def whole_view(rows: int) -> ChannelView:
-    """A view with no candidate channel: every row (features, intercept last) is fixed."""
-    return ChannelView(np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64),
-                       np.arange(rows, dtype=np.int64), rows, 0)
+from .problem import Problem
 
 
 def whole_problem(gram, cross, target: float, weight, target_weight, xp) -> Problem:

@@ -165,10 +165,10 @@ def unshared_splits(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def check_half_keep(model, data):
+def check_half_keep(model, data, method="greedy"):
     analysis = analyze(model)
     try:
-        pruned, report = prune(model, data, keep=0.5, reweight=False, method="greedy", samples=32)
+        pruned, report = prune(model, data, keep=0.5, reweight=False, method=method, samples=32)
     except OnnxPruneError as e:            # a clean refusal is fine: one line saying why
         assert str(e).strip()
         return
@@ -193,6 +193,17 @@ def check_half_keep(model, data):
 ])
 def test_half_keep_is_the_masked_original(name):
     check_half_keep(*load(name))
+
+
+@pytest.mark.parametrize("method", ["sampling", "weight_norm", "coreset"])
+def test_split_piece_consumers_with_every_method(method, monkeypatch):
+    """A C2f consumer sees one Split piece of its group: each method scores every channel of the
+    group all the same (sampling's per-consumer sensitivities once had one length per piece).
+    Sampling's importance weights are set to 1 so that the masked original is the reference."""
+    from onnxprune.methods import importance
+    real_draw = importance.draw
+    monkeypatch.setattr(importance, "draw", lambda *a, **k: (real_draw(*a, **k)[0], None))
+    check_half_keep(*load("yolo_c2f"), method=method)
 
 
 def test_half_keep_yolo_with_one_sizes_initializer_per_split():

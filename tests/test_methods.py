@@ -194,9 +194,9 @@ def test_sampling_sensitivity_matches_brute_force_and_ignores_batching(name, sha
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape or (5, 10)).astype(np.float32)
     x = np.abs(x) if nonnegative else x                              # the negative parts vanish
-    whole = SensitivityAccumulator(c, m, v.candidates, np)
+    whole = SensitivityAccumulator(c, m, v, np)
     whole.add(x)
-    split = SensitivityAccumulator(c, m, v.candidates, np)
+    split = SensitivityAccumulator(c, m, v, np)
     split.add(x[:2])
     split.add(x[2:])
     rows = design_rows(x.astype(np.float64), c, np, np.float64)
@@ -220,7 +220,7 @@ def test_sampling_sensitivity_ignores_subnormal_totals():
     x = np.zeros((2, m.shape[0] - 1), dtype=np.float32)
     x[0, first] = 1e-20                         # total 1e-45: subnormal, its reciprocal overflows
     x[1, first], x[1, second] = 1.0, 3.0        # shares of output 0: 3e-26 and 1
-    acc = SensitivityAccumulator(c, m, v.candidates, np)
+    acc = SensitivityAccumulator(c, m, v, np)
     acc.add(x)
     got = acc.result()
     assert np.all(np.isfinite(got))
@@ -232,11 +232,11 @@ def test_sampling_sensitivity_skips_fully_masked_batches():
     _, g, matrices, views, _ = group_inputs(model, "fc1")
     c, m, v = g.consumers[0], matrices[0], views[0]
     x = np.random.default_rng(0).standard_normal((4, m.shape[0] - 1)).astype(np.float32)
-    acc = SensitivityAccumulator(c, m, v.candidates, np)
+    acc = SensitivityAccumulator(c, m, v, np)
     acc.add(x[:2], None, np.zeros((2, 1)))          # every row is padding: nothing to count
     assert acc.rows == 0 and not acc.result().any()
     acc.add(x[2:], None, np.ones((2, 1)))
-    fresh = SensitivityAccumulator(c, m, v.candidates, np)
+    fresh = SensitivityAccumulator(c, m, v, np)
     fresh.add(x[2:])
     np.testing.assert_array_equal(acc.result(), fresh.result())
 

@@ -38,13 +38,16 @@ class SensitivityAccumulator:
     usual post-ReLU case) skips the matmuls of the negative parts.
     """
 
-    def __init__(self, consumer: Consumer, matrix: np.ndarray, candidates: np.ndarray, xp):
+    def __init__(self, consumer: Consumer, matrix: np.ndarray, view, xp):
         """`matrix`: the consumer's (features + 1, outputs) weights in weight-row order;
-        `candidates`: (channels, block) rows of the group's channels (ChannelView.candidates)."""
+        `view`: where the group's channels sit among its rows (problem.ChannelView): a consumer
+        of one Split piece sees only some of them."""
         self.consumer = consumer
         self.xp = xp
         self.matrix = matrix
-        self.candidates = candidates
+        self.candidates = view.candidates
+        self.members, self.channels = view.members, view.channels
+        candidates = view.candidates
         self.value = xp.zeros(candidates.shape[0], dtype=xp.float32)
         self._weights = None
         self._step = 1
@@ -102,7 +105,10 @@ class SensitivityAccumulator:
             self.value = xp.maximum(self.value, part.reshape(part.shape[0], -1).max(axis=1))
 
     def result(self) -> np.ndarray:
-        return to_numpy(self.value).astype(np.float64)
+        """(group channels,) sensitivities; 0 for channels this consumer does not see."""
+        out = np.zeros(self.channels)
+        out[self.members] = to_numpy(self.value)
+        return out
 
 
 class Sampling(Method):
@@ -112,7 +118,7 @@ class Sampling(Method):
     observes = True
 
     def observers(self, parts: list, xp) -> tuple:
-        return tuple(SensitivityAccumulator(p.consumer, p.matrix, p.view.candidates, xp) for p in parts)
+        return tuple(SensitivityAccumulator(p.consumer, p.matrix, p.view, xp) for p in parts)
 
     def combine(self, observers: tuple):
         return np.max([o.result() for o in observers], axis=0)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxPruneError
+from ..io.npyfile import chunks
 
 DEFAULT_NAMES = ("attention_mask", "input_mask")
 
@@ -55,12 +56,17 @@ def mask_problem(name: str, calibration) -> str | None:
     values = calibration.arrays[name]
     if values.ndim != 2:
         return f"{name} must be [samples, tokens], got shape {tuple(values.shape)}"
-    values = np.asarray(values)
-    if values.dtype.kind not in "biuf" or not np.all((values == 0) | (values == 1)):
-        found = np.unique(values)[:4]
+    bad, real = set(), False
+    for part in chunks(values):             # a mask read from disk is scanned a slice at a time
+        part = np.asarray(part)
+        if part.dtype.kind not in "biuf":
+            return f"{name} must be numeric 0 (padding) and 1 (real token), got dtype {part.dtype}"
+        bad.update(np.unique(part[(part != 0) & (part != 1)])[:4].tolist())
+        real |= bool(np.any(part))
+    if bad:
         return (f"{name} must hold only 0 (padding) and 1 (real token), found values such as "
-                f"{', '.join(str(v) for v in found)}")
-    if not np.any(values):
+                f"{', '.join(str(v) for v in sorted(bad)[:4])}")
+    if not real:
         return f"{name} marks no token as real (all zeros)"
     return None
 

@@ -148,6 +148,9 @@ def test_text_calibration_prunes_with_its_attention_mask_as_the_row_mask(tmp_pat
     assert calib.samples == 40 and calib.row_mask == "attention_mask"
     _, report = prune(model, calib, keep=0.5, row_mask=calib.row_mask)
     assert report.calibration["masked_consumers"] == ["down"]
+    _, report = prune(model, calib, keep=0.5)                       # no option: the text's mask
+    assert report.calibration["row_mask_origin"] == "text" and report.calibration["masked_consumers"] == ["down"]
+    assert any("of the calibration text is the row mask" in n for n in report.notes)
 
 
 def test_missing_tokenizers_names_the_extra(tmp_path, tokenizer_file, monkeypatch):

@@ -24,7 +24,8 @@ from ..run.pipeline import MODES, prune as prune_model
 from ..progress import StderrProgress
 from ..solve.reweight import DEFAULT_RIDGE
 from ..capture.runtime import resolve_device
-from ..run.sweep import plot_available, sweep as run_sweep
+from ..run.sweep import headline_column, plot_available, sweep as run_sweep
+from ..run.metrics import METRICS, headline, output_line
 from .calibration import SOURCE_OPTIONS, source_options, source_request
 
 EXIT_NOTHING_TO_PRUNE = 3
@@ -123,8 +124,13 @@ def _data_options(f):
                      "(repeatable)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--row-mask", metavar="INPUT",
-                     help="Model input marking real tokens (1) and padding (0), e.g. attention_mask: padding rows "
-                          "are left out of the statistics of token-wise (Gemm/MatMul) consumers."),
+                     help="Model input marking real tokens (1) and padding (0): padding rows are left out of the "
+                          "statistics of token-wise (Gemm/MatMul) consumers and of the output comparison "
+                          "[default: the input named attention_mask (or input_mask) when the model has one]."),
+        click.option("--no-row-mask", is_flag=True, help="Count every token position, padding included."),
+        click.option("--metric", type=click.Choice(METRICS), default="auto", show_default=True,
+                     help="How outputs are compared with the original's: argmax agreement (classifiers) or cosine "
+                          "and relative error (embeddings, hidden states); auto decides per output."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -151,6 +157,7 @@ def _data_options(f):
 def prune(model, output, calib, calib_random, keep, compression, method, force, as_json, report, no_timings, quiet,
           **options):
     """Prune MODEL and write the smaller model to OUTPUT."""
+    options["row_mask"] = row_mask_choice(options.pop("row_mask"), options.pop("no_row_mask"))
     source = source_request(calib, calib_random, **{k: options.pop(k) for k in SOURCE_OPTIONS})
     inputs = [model, calib, getattr(source, "path", None)]
     out = validate_output_path(output, inputs, force)
@@ -171,9 +178,16 @@ def prune(model, output, calib, calib_random, keep, compression, method, force, 
         click.echo(f"note: {note}", err=True)
     if result.verify.get("warning"):
         click.echo(f"warning: {result.verify['warning']}", err=True)
-    agreement = result.verify.get("argmax_agreement")
-    extra = f", argmax agreement {agreement:.3f}" if agreement is not None else ""
+    extra = headline(result.verify)
+    extra = f", {extra}" if extra else ""
     click.echo(f"pruned {model} -> {out}: {result.summary()}{extra}", err=True)
+
+
+def row_mask_choice(name: str | None, off: bool):
+    """The row_mask option from --row-mask NAME / --no-row-mask (None: automatic)."""
+    if name is not None and off:
+        raise OnnxPruneError("give either --row-mask INPUT or --no-row-mask, not both")
+    return False if off else name
 
 
 def _comma_list(convert):
@@ -217,13 +231,14 @@ def _method_name(name: str) -> str:
 def sweep(model, calib, compression, methods, out_dir, eval_path, labels, holdout, plot, force, as_json, quiet,
           **options):
     """Prune MODEL with several methods at several ratios and tabulate the results."""
+    options["row_mask"] = row_mask_choice(options.pop("row_mask"), options.pop("no_row_mask"))
     if plot is None and not plot_available():
         click.echo("note: matplotlib is not installed, so no sweep.png (pip install 'onnxprune[plot]')", err=True)
     doc = run_sweep(model, calib, compression, methods, out_dir, holdout=holdout, eval_path=eval_path,
                     labels=labels, plot=plot, force=force, progress=StderrProgress(enabled=not quiet), **options)
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    metric = "top1" if doc["eval"] else "holdout_agreement"
+    metric = headline_column(doc)
     click.echo(f"{'method':<14} {'target':>6} {'ratio':>7} {'FLOPs':>6} {metric:>17} {'seconds':>8}", err=True)
     for r in doc["rows"]:
         value = "n/a" if r[metric] is None else f"{r[metric]:.4f}"
@@ -241,15 +256,24 @@ def sweep(model, calib, compression, methods, out_dir, eval_path, labels, holdou
 @click.option("--samples", type=int, help="Use the first N samples [default: all].")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--row-mask", metavar="INPUT", help="Input marking real tokens (1) and padding (0): padding rows of "
+              "[samples, tokens, ...] outputs are not compared [default: attention_mask (or input_mask) when present].")
+@click.option("--no-row-mask", is_flag=True, help="Compare every token position, padding included.")
+@click.option("--metric", type=click.Choice(METRICS), default="auto", show_default=True,
+              help="argmax agreement (classifiers) or cosine and relative error (embeddings); auto decides per output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
-def evaluate_command(model, data, labels, reference, samples, batch_size, device, as_json):
+def evaluate_command(model, data, labels, reference, samples, batch_size, device, row_mask, no_row_mask, metric,
+                     as_json):
     """Top-1 accuracy of MODEL on labelled data, and/or its agreement with a reference model."""
     if batch_size <= 0:
         raise OnnxPruneError(f"--batch-size must be positive, got {batch_size}")
+    row_mask = row_mask_choice(row_mask, no_row_mask)
     candidate = load_model(model)
     ref = load_model(reference) if reference else None
     eval_data = load_eval_data(data, candidate, labels, samples)
-    result = evaluate(candidate, eval_data, ref, batch_size, resolve_device(device))
+    result = evaluate(candidate, eval_data, ref, batch_size, resolve_device(device), row_mask, metric)
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
     doc = {"schema_version": 1, "model": model, "data": data, "labels": eval_data.label_key, **result}
     if ref is not None:
         doc["reference"] = {"model": reference, **result["reference"]}
@@ -259,8 +283,7 @@ def evaluate_command(model, data, labels, reference, samples, batch_size, device
     if doc["top1"] is not None:
         click.echo(f"top-1 {doc['top1']:.4f} on {doc['samples']} samples (labels '{eval_data.label_key}')")
     if ref is not None:
-        agreement = doc["reference"]["argmax_agreement"]
-        click.echo(f"vs {reference}: argmax agreement " + ("n/a" if agreement is None else f"{agreement:.4f}"))
-        for name, value in doc["reference"]["output_rel_error"].items():
-            click.echo(f"  relative output error {name}: {value:.3e}")
+        click.echo(f"vs {reference}: {headline(doc['reference']) or 'n/a'}")
+        for name, value in doc["reference"]["outputs"].items():
+            click.echo(f"  {output_line(name, value)}")
 

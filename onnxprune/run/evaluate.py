@@ -1,8 +1,10 @@
 """`onnxprune eval`: how good a (pruned) model is on a data file.
 
 With labels: top-1 accuracy of the first output's argmax. With a reference model (the
-original): agreement of the argmax with the reference's and the relative squared error of
-every output, ||y - y_ref||² / ||y_ref||² — both need no labels.
+original): per output the relative squared error ||y - y_ref||² / ||y_ref||², cosine
+similarity and, for classifier-like outputs, argmax agreement with the reference (metrics.py)
+— none needs labels. Padding tokens are left out of token-wise outputs when the data has a
+row mask (rowmask.py: `attention_mask` by default).
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ import onnx
 from ..capture import runtime
 from ..io.calib import Calibration, from_arrays, input_specs, read_arrays
 from ..errors import OnnxPruneError
+from .metrics import METRICS, OutputComparison
+from .rowmask import report_notes, resolve as resolve_row_mask
+
+__all__ = ["EvalData", "OutputComparison", "evaluate", "load_eval_data"]
 
 LABEL_KEYS = ("label", "labels", "y")
 
@@ -62,33 +68,12 @@ def _labels(y, samples: int, path, key) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class OutputComparison:
-    """Running relative error per output and argmax agreement of the first output."""
-
-    def __init__(self, names: list):
-        self.names = list(names)
-        self.err = {n: 0.0 for n in names}
-        self.energy = {n: 0.0 for n in names}
-        self.agree = self.count = 0
-
-    def add(self, reference: list, outputs: list) -> None:
-        for n, y, z in zip(self.names, reference, outputs):
-            y64, z64 = np.asarray(y, dtype=np.float64), np.asarray(z, dtype=np.float64)
-            self.err[n] += float(np.sum((y64 - z64) ** 2))
-            self.energy[n] += float(np.sum(y64 ** 2))
-        first_y, first_z = np.asarray(reference[0]), np.asarray(outputs[0])
-        if first_y.ndim >= 2:
-            self.agree += int(np.sum(first_y.argmax(-1) == first_z.argmax(-1)))
-            self.count += int(np.prod(first_y.shape[:-1]))
-
-    def result(self) -> dict:
-        rel = {n: (self.err[n] / self.energy[n] if self.energy[n] > 0 else self.err[n]) for n in self.names}
-        return {"output_rel_error": rel, "argmax_agreement": self.agree / self.count if self.count else None}
-
-
 def evaluate(model: onnx.ModelProto, data: EvalData, reference: onnx.ModelProto | None = None,
-             batch_size: int = 256, device: str = "cpu") -> dict:
-    """{"samples", "top1" (None without labels), "reference" (None without a reference)}."""
+             batch_size: int = 256, device: str = "cpu", row_mask=None, metric: str = "auto") -> dict:
+    """{"samples", "top1" (None without labels), "reference" (None without a reference),
+    "notes"}; `row_mask` and `metric` as the prune options of the same names."""
+    if metric not in METRICS:
+        raise OnnxPruneError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if data.labels is None and reference is None:
         raise OnnxPruneError("nothing to evaluate: the data has no labels (name them with --labels KEY) and no "
                              "--reference model was given")
@@ -97,9 +82,10 @@ def evaluate(model: onnx.ModelProto, data: EvalData, reference: onnx.ModelProto 
         ref_names = [o.name for o in reference.graph.output]
         if ref_names != names:
             raise OnnxPruneError(f"the reference's outputs {ref_names} differ from the model's {names}")
+    mask = resolve_row_mask([s.name for s in input_specs(model)], data.inputs, row_mask)
     sess = runtime.session(model, device)
     ref = runtime.session(reference, device) if reference is not None else None
-    compare = OutputComparison(names) if reference is not None else None
+    compare = OutputComparison(names, metric) if reference is not None else None
     correct, start = 0, 0
     for feeds in runtime.batches(data.inputs.arrays, batch_size):
         outputs = runtime.run(sess, feeds, names)
@@ -108,10 +94,15 @@ def evaluate(model: onnx.ModelProto, data: EvalData, reference: onnx.ModelProto 
             pred = np.asarray(outputs[0]).reshape(count, -1).argmax(axis=1)
             correct += int(np.sum(pred == data.labels[start:start + count]))
         if compare is not None:
-            compare.add(runtime.run(ref, feeds, names), outputs)
+            compare.add(runtime.run(ref, feeds, names), outputs, feeds.get(mask.name) if mask.name else None)
         start += count
+    notes = report_notes(mask, None) if compare is not None else []
+    if compare is not None and mask.origin == "option" and not any(m.masked for m in compare.outputs.values()):
+        notes.append(f"--row-mask {mask.name} lines up with no [samples, tokens, ...] output: every output was "
+                     "compared whole")
     return {
         "samples": data.inputs.samples,
         "top1": correct / data.inputs.samples if data.labels is not None else None,
-        "reference": compare.result() if compare is not None else None,
+        "reference": {**compare.result(), "row_mask": mask.name} if compare is not None else None,
+        "notes": notes,
     }

@@ -12,6 +12,7 @@ from ..errors import OnnxPruneError
 from ..methods import METHODS, Method, get as get_method
 from ..methods.importance import DRAWS
 from ..solve.reweight import DEFAULT_RIDGE
+from .metrics import METRICS
 
 MODES = ("layer", "seq", "asym")
 
@@ -30,7 +31,7 @@ class PruneOptions:
     calib_random: int | None = None
     device: str = "auto"
     ridge: float = DEFAULT_RIDGE
-    row_mask: str | None = None         # model input marking real tokens (1) and padding (0)
+    row_mask: str | bool | None = None  # input marking real tokens (1) / padding (0); None: automatic, False: off
     allocation: str = "uniform"
     target: str = "params"
     min_channels: int = 1
@@ -38,6 +39,7 @@ class PruneOptions:
     coreset_beta: float = 1.0
     draw: str = "systematic"
     refit: str | None = None            # consumers | all; None: all in seq/asym with data and reweighting
+    metric: str = "auto"                # how outputs are compared: auto | argmax | cosine (run/metrics.py)
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -59,6 +61,8 @@ class PruneOptions:
                                      ("draw", self.draw, DRAWS)):
             if value not in choices:
                 raise OnnxPruneError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        if self.metric not in METRICS:
+            raise OnnxPruneError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if self.refit not in (None, "consumers", "all"):
             raise OnnxPruneError(f"unknown refit {self.refit!r}; choose one of consumers, all")
         if self.refit == "all" and self.mode == "layer":

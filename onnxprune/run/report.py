@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..version import __version__
 from ..budget.flops import model_flops
 from ..graph.index import float_param_count
+from .rowmask import report_fields as row_mask_fields, report_notes as row_mask_notes
 
 SCHEMA_VERSION = 1
 
@@ -75,18 +76,17 @@ class Report:
 
 
 def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dict, notes: list,
-                 masked: set, refits: list | None = None) -> Report:
+                 masked: set, refits: list | None = None, captured: bool = False) -> Report:
     """The Report of one run over `session` with (resolved) `opts`: `groups` are the
-    GroupReport dicts, `masked` the consumers whose padding rows were dropped."""
+    GroupReport dicts, `masked` the consumers whose padding rows were dropped, `captured`
+    whether any statistics were captured."""
     calib = session.calibration
     calibration_info = {"source": calib.source, "samples": calib.samples} if calib else None
     if calib is not None:
         calibration_info.update(getattr(calib, "info", {}))    # images, texts, scripts: how they were read
-    if calib and session.row_mask:
-        calibration_info.update(row_mask=session.row_mask, masked_consumers=sorted(masked))
-        if opts.row_mask is None:
-            notes = notes + [f"the attention mask input {session.row_mask} of the calibration text is the row mask: "
-                             "padding tokens are left out of the statistics"]
+    if calib is not None:
+        calibration_info.update(row_mask_fields(session.mask, masked))
+        notes = notes + row_mask_notes(session.mask, masked, captured)
     return Report(
         input=session.source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight,
         seed=opts.seed, device=session.device,

@@ -28,6 +28,7 @@ from .clock import Clock
 from .layercache import LayerCache
 from .refit import GroupStep, plan_steps, refit_layers
 from .report import GroupReport, build_report
+from .rowmask import check_applied as check_row_mask_applied
 from .session import Session, calibration_for
 from .surgery import surgery_check
 from .verify import check, drift_warning, output_fidelity
@@ -67,6 +68,7 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     clock.seconds["budget"] -= clock.seconds.get("capture", 0.0) - captured    # reported as capture
     pruner = GroupPruner(session, cache, opts, clock, progress)
     pruned, group_reports = pruner.run(counts)
+    check_row_mask_applied(session.mask, pruner.masked, bool(pruner.captured))
 
     t = time.perf_counter()
     check(pruned)
@@ -74,7 +76,7 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
               "surgery_check": surgery_check(session, {g["name"]: g["kept"] for g in group_reports})}
     if session.calibration is not None:
         verify.update(output_fidelity(session.reference, pruned, session.calibration.head(VERIFY_SAMPLES),
-                                      session.batch_size, session.device))
+                                      session.batch_size, session.device, session.row_mask, opts.metric))
         warning = drift_warning(group_reports, verify)
         if warning:
             verify["warning"] = warning
@@ -83,7 +85,7 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]
     refits = pruner.refits if opts.refit == "all" else None
     return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes + pruner.notes,
-                                pruner.masked, refits)
+                                pruner.masked, refits, bool(pruner.captured))
 
 
 class GroupPruner:
@@ -105,6 +107,7 @@ class GroupPruner:
             self.capturer = Capturer(session.calibration, session.batch_size, session.device, self.xp,
                                      self.progress, session.row_mask)
         self.masked = set()           # consumers whose padding rows were dropped (--row-mask)
+        self.captured = set()         # consumers whose statistics were captured
         self.refits = []              # --refit all: one entry per refitted non-consumer layer
         self.notes = []               # decisions a user should know about (for the report)
         self.underdetermined = []     # --refit all: layers with fewer calibration rows than features
@@ -229,6 +232,7 @@ class GroupPruner:
                                              {p.consumer.node: p.target_weight for p in parts}, observers)
         self.clock.add("capture", t)
         self.masked.update(s.consumer.node for s in stats if s.masked)
+        self.captured.update(s.consumer.node for s in stats)
         for p, s in zip(parts, stats):
             p.problem = Problem.build(s, p.matrix, p.view, xp, keep_rows=p.keep_rows, target_weight=p.target_weight)
         return True

@@ -20,6 +20,7 @@ from ..io.sources import SourceRequest, from_feeds, is_feeds
 from ..io.modelio import check_model, load_model, normalize
 from .device import resolve as resolve_device
 from .options import PruneOptions
+from .rowmask import RowMask, resolve as resolve_row_mask
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Session:
     xp: object
     reference: object                # onnxruntime session of the original model
     setup_seconds: float
+    mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
 
 
 def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
@@ -56,8 +58,8 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
             f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} "
             "Conv/Gemm/MatMul left alone); `onnxprune analyze MODEL` says why for each")
     calibration = calibration_for(model, calib, opts)
-    row_mask = opts.row_mask or getattr(calibration, "row_mask", None)     # text: its attention mask
-    _check_row_mask(row_mask, calibration)
+    mask = resolve_row_mask([s.name for s in input_specs(model)], calibration, opts.row_mask,
+                            getattr(calibration, "row_mask", None))      # text: its attention mask
     batch_size = opts.batch_size
     batch = fixed_batch(input_specs(model))
     if batch is not None:
@@ -69,19 +71,8 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
         batch_size = batch
     device, xp = resolve_device(opts.device)
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
-    return Session(source, model, index, analysis, groups, calibration, row_mask, batch_size, device, xp,
-                   reference, time.perf_counter() - start)
-
-
-def _check_row_mask(name: str | None, calibration: Calibration | None) -> None:
-    if name is None:
-        return
-    if calibration is None or name not in calibration.arrays:
-        have = ", ".join(sorted(calibration.arrays)) if calibration else "none"
-        raise OnnxPruneError(f"--row-mask {name} is not a model input with calibration data (inputs: {have})")
-    if calibration.arrays[name].ndim != 2:
-        raise OnnxPruneError(f"--row-mask {name} must be [samples, tokens], got shape "
-                             f"{calibration.arrays[name].shape}")
+    return Session(source, model, index, analysis, groups, calibration, mask.name, batch_size, device, xp,
+                   reference, time.perf_counter() - start, mask)
 
 
 def calibration_for(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:

@@ -32,7 +32,7 @@ from .pipeline import PruneOptions, Workspace
 
 SCHEMA_VERSION = 1
 COLUMNS = ["method", "mode", "reweight", "allocation", "target_ratio", "compression", "params", "flops",
-           "flops_ratio", "seconds", "holdout_rel_error", "holdout_agreement", "top1", "file"]
+           "flops_ratio", "seconds", "holdout_rel_error", "holdout_agreement", "holdout_cosine", "top1", "file"]
 
 
 def plot_available() -> bool:
@@ -83,17 +83,26 @@ def _run(ws, runs, files, out_dir: Path, held_out, eval_data, plot: bool, progre
             t = time.perf_counter()
             pruned, report = ws.prune(opts, progress, include_setup=False)
             seconds = time.perf_counter() - t
-            fidelity = evaluate(pruned, EvalData(held_out, None, None), ws.model, ws.batch_size, ws.device)
+            fidelity = evaluate(pruned, EvalData(held_out, None, None), ws.model, ws.batch_size, ws.device,
+                                row_mask=ws.row_mask or False, metric=opts.metric)
             top1 = evaluate(pruned, eval_data, None, ws.batch_size, ws.device)["top1"] if eval_data else None
             save_model(pruned, Path(tmp) / files[_key(opts)])
             rows.append(_row(opts, report, seconds, fidelity["reference"], top1, files[_key(opts)]))
         doc = document(rows)
         _write_table(Path(tmp), rows, doc)
         if plot:
-            write_plot(rows, Path(tmp) / "sweep.png", "top1" if eval_data else "holdout_agreement")
+            write_plot(rows, Path(tmp) / "sweep.png", headline_column(doc))
         for path in sorted(Path(tmp).iterdir()):      # models, their external data, tables, plot
             os.replace(path, out_dir / path.name)
     return doc
+
+
+def headline_column(doc: dict) -> str:
+    """The column the table and plot lead with: top-1 with --eval, else held-out argmax
+    agreement for classifier-like outputs and held-out cosine for the others (metrics.py)."""
+    if doc["eval"]:
+        return "top1"
+    return "holdout_agreement" if any(r["holdout_agreement"] is not None for r in doc["rows"]) else "holdout_cosine"
 
 
 def _key(opts: PruneOptions) -> tuple:
@@ -151,12 +160,14 @@ def _check_out_dir(out_dir: Path, names: list, force: bool, inputs: list) -> Non
 
 def _row(opts, report, seconds, fidelity, top1, file) -> dict:
     first = next(iter(fidelity["output_rel_error"].values()))
+    cosine = next(iter(fidelity["outputs"].values()))["cosine_mean"]
     d = report.to_dict()
     return {
         "method": opts.method, "mode": opts.mode, "reweight": report.reweight, "allocation": d["budget"]["allocation"],
         "target_ratio": opts.compression, "compression": round(report.compression, 4), "params": report.params_after,
         "flops": report.flops_after, "flops_ratio": d["flops_ratio"], "seconds": round(seconds, 3),
-        "holdout_rel_error": first, "holdout_agreement": fidelity["argmax_agreement"], "top1": top1, "file": file,
+        "holdout_rel_error": first, "holdout_agreement": fidelity["argmax_agreement"],
+        "holdout_cosine": cosine, "top1": top1, "file": file,
     }
 
 
@@ -199,7 +210,7 @@ def write_plot(rows: list, path: Path, metric: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("compression (parameters, original / pruned)")
     ax.set_ylabel({"top1": "top-1 accuracy", "holdout_agreement": "argmax agreement with the original "
-                   "(held-out)"}[metric])
+                   "(held-out)", "holdout_cosine": "cosine with the original (held-out)"}[metric])
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

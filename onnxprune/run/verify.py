@@ -6,7 +6,7 @@ import onnx
 
 from ..capture import runtime
 from ..io.calib import Calibration
-from .evaluate import OutputComparison
+from .metrics import OutputComparison
 from ..io.largemodel import run_checker
 
 
@@ -16,14 +16,18 @@ def check(model: onnx.ModelProto) -> None:
     run_checker(model, full_check=True)
 
 
-def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size: int, device: str) -> dict:
-    """Per-output relative squared error and argmax agreement over the given samples;
-    `ref` is an onnxruntime session of the original model (made when the run started)."""
+def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size: int, device: str,
+                    row_mask: str | None = None, metric: str = "auto") -> dict:
+    """Per-output relative squared error, cosine and (classifier-like outputs) argmax
+    agreement over the given samples (run/metrics.py), padding tokens of token-wise outputs
+    left out by the input `row_mask`; `ref` is an onnxruntime session of the original model
+    (made when the run started)."""
     names = [o.name for o in pruned.graph.output]
     new = runtime.session(pruned, device, built="the pruned model")
-    compare = OutputComparison(names)
+    compare = OutputComparison(names, metric)
     for feeds in runtime.batches(calib.arrays, batch_size):
-        compare.add(runtime.run(ref, feeds, names), runtime.run(new, feeds, names))
+        compare.add(runtime.run(ref, feeds, names), runtime.run(new, feeds, names),
+                    feeds.get(row_mask) if row_mask else None)
     return {"samples": calib.samples, **compare.result()}
 
 

@@ -34,6 +34,20 @@ def test_every_prune_reports_the_check():
     assert 0 <= check["max_abs_diff"] < 1e-4
 
 
+def test_a_scalar_output_is_checked_too():
+    """A model that also outputs a scalar (a total over the batch) gets one value per batch."""
+    model = B.mlp()
+    out = model.graph.output[0].name
+    model.graph.node.append(onnx.helper.make_node("ReduceSum", [out], ["total"], keepdims=0))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("total", onnx.TensorProto.FLOAT, []))
+    pruned, report = prune(model, B.random_inputs(model, 48), keep=0.5)
+    check = report.verify["surgery_check"]
+    assert check["passed"] and check["samples"] == 8
+    feeds = B.random_inputs(model, 4, seed=3)
+    got, total = B.run(pruned, feeds)
+    np.testing.assert_allclose(total, got.sum(), rtol=1e-5)
+
+
 def test_data_free_runs_check_on_random_inputs():
     _, report = prune(B.cnn(), None, keep=0.5, method="weight-norm", reweight=False)
     assert report.verify["surgery_check"]["samples"] == 8

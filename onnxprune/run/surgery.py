@@ -107,7 +107,8 @@ def _run(model: onnx.ModelProto, feeds: dict, names: list, device: str, batch_si
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
     sess = runtime.session(probe, device, built="the pruned model's surgery check")
     parts = [runtime.run(sess, batch, names) for batch in runtime.batches(feeds, batch_size)]
-    return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+    # a scalar output (a loss, a total) is one value per batch: stacked, not concatenated
+    return {n: np.concatenate([np.atleast_1d(p[i]) for p in parts]) for i, n in enumerate(names)}
 
 
 def _compare(got: np.ndarray, expected: np.ndarray, where: str) -> float:

@@ -210,6 +210,8 @@ class Analysis:
         }
         if index is not None:
             out["coverage"] = self.coverage(index)
+            if index.shape_sources:       # shapes static inference could not give, by fallback
+                out["shape_sources"] = dict(sorted(index.shape_sources.items()))
         return out
 
 

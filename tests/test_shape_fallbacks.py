@@ -48,20 +48,49 @@ def data(n, seed, tokens=None):
     return {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
 
 
-def prune_and_check(model, calib, **options):
+def prune_and_check(model, calib, check=None, **options):
     """Prune without reweighting; the pruned model must equal the masked original (built from
-    the groups the run used, i.e. with the fallback shapes)."""
+    the groups the run used, i.e. with the fallback shapes) on `check` inputs."""
     opts = PruneOptions.of(keep=0.5, reweight=False, seed=3, **options)
     work = Workspace(model, calib, opts)
     pruned, report = work.prune(opts)
     kept = {g["name"]: g["kept"] for g in report.groups}
     assert [g.name for g in work.session.groups] == ["mm1"] and len(kept["mm1"]) == 4
     reference = masked_original(work.session.model, work.session.groups, kept)
-    check = data(5, seed=9)
+    check = check or data(5, seed=9)
     want, got = B.run(reference, check)[0], B.run(pruned, check)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not np.allclose(want, B.run(model, check)[0])      # something was removed
     return work, report
+
+
+def reshape_by_computed_shape() -> onnx.ModelProto:
+    """A PaddleOCR-like head: relu(x @ W1) concatenated with a branch whose width comes from
+    Reshape(x, [N, T, width / 2, 2]) (a Div onnx's data propagation does not follow), then
+    @ W2. Static inference: 'Concat has an input of unknown width'."""
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", "T", 6])
+    a = b.relu(b.matmul(x, 6, 8, bias=False, name="mm1"))
+    shape = b.node("Shape", [x])
+    lead = b.node("Slice", [shape, b.const(np.array([0], np.int64)), b.const(np.array([2], np.int64))])
+    width = b.node("Gather", [shape, b.const(np.array([2], np.int64))], axis=0)
+    half = b.node("Div", [width, b.const(np.array([2], np.int64))])
+    target = b.node("Concat", [lead, half, b.const(np.array([2], np.int64))], axis=0)
+    branch = b.node("ReduceMax", [b.node("Reshape", [x, target])], axes=[3], keepdims=0)     # [N, T, 3]
+    b.output(b.matmul(b.node("Concat", [a, branch], axis=2), 11, 4, bias=False, name="mm2"))
+    return b.model()
+
+
+def test_symbolic_inference_gives_a_computed_concat_width():
+    model = reshape_by_computed_shape()
+    reasons = [s.reason for s in analyze(model).skipped]
+    assert any("Concat 'concat" in r and "has an input of unknown width" in r for r in reasons)
+    tokens = {"x": np.random.default_rng(1).standard_normal((16, 5, 6)).astype(np.float32)}
+    check = {"x": np.random.default_rng(2).standard_normal((3, 7, 6)).astype(np.float32)}   # another length
+    work, _ = prune_and_check(model, tokens, check)
+    assert set(work.session.index.shape_sources.values()) == {"symbolic"}
+    concat = [n for n in model.graph.node if n.op_type == "Concat"][-1]
+    assert work.session.index.shapes[concat.output[0]] == (None, None, 11)
 
 
 def test_static_inference_refuses_the_layer():

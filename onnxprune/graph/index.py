@@ -34,6 +34,12 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def unknown_dim(dim) -> bool:
+    """A dim with neither a value nor a name, or one onnx's inference named 'unk__<n>' for
+    "unknown" (not a symbol of the model, such as a batch or sequence length)."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
 def opset_version(model: onnx.ModelProto, default: int = 1) -> int:
     """The model's default-domain (ai.onnx) opset version; `default` when it imports none."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
@@ -110,13 +116,13 @@ class GraphIndex:
         return idx
 
     def unknown_shapes(self) -> list:
-        """Node outputs whose rank, or a dim that has neither a value nor a symbol name, static
-        inference left unknown (the fallbacks in capture/shapes.py may fill them)."""
+        """Node outputs whose rank or some dim static inference left unknown (the fallbacks in
+        capture/shapes.py may fill them)."""
         out = []
         for node in self.model.graph.node:
             for name in node.output:
                 dims = self.model_dims.get(name)
-                if name and (dims is None or any(d is None for d in dims)):
+                if name and (dims is None or any(unknown_dim(d) for d in dims)):
                     out.append(name)
         return out
 
@@ -133,7 +139,7 @@ class GraphIndex:
             elif len(old) != len(dims):
                 continue                       # disagreement: keep what static inference said
             else:
-                new = tuple(d if o is None else o for o, d in zip(old, dims))
+                new = tuple(d if unknown_dim(o) and d is not None else o for o, d in zip(old, dims))
             if new == old or name in self.initializers:
                 continue
             self.model_dims[name] = new

@@ -83,3 +83,21 @@ def test_conv_transpose_flops_by_hand():
     up = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
     planned = {up.input[1]: [5, 4, 3, 3]}             # 5 of 8 input channels kept
     assert model_flops(model, weight_dims=planned) == 2 * (6480 + 5 * 6 * 5 * 4 * 9 + 960)
+
+
+def test_refit_all_refits_a_conv_transpose_whose_input_drifted():
+    """enc is pruned, mid (its consumer) refitted; up reads mid's drifted output, is no
+    consumer of a pruned group and its channels reach the output (not pruned): --refit all
+    refits it toward its original output."""
+    b = B.GraphBuilder(4)
+    x = b.input("x", ["N", 3, 6, 5])
+    h = b.relu(b.conv(x, 3, 8, name="enc", pads=[1, 1, 1, 1]))
+    h = b.relu(b.conv(h, 8, 6, name="mid", pads=[1, 1, 1, 1]))
+    b.output(b.node("ConvTranspose", [h, b.const(b.randn(6, 4, 3, 3))], name="up", kernel_shape=[3, 3],
+                    strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]))
+    model = b.model()
+    _, report = prune(model, B.random_inputs(model, 48, 1), keep=0.5, mode="asym", refit="all", exclude=("mid",))
+    assert [g["name"] for g in report.groups] == ["enc"]
+    refits = {r["node"]: r for r in report.refits}
+    assert "up" in refits and refits["up"]["rel_error_after"] < refits["up"]["rel_error_before"]
+    assert refits["up"]["features"] == 6 * 9 + 1

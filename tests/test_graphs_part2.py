@@ -98,7 +98,7 @@ def self_offset(seed=0):
 def unet(seed=0, output_padding=True, bias=True, after=False):
     """enc conv -> down conv s2 -> ConvTranspose (k3 s2 pad 1, output_padding 1: 4x4 -> 8x8, or
     k2 s2) -> relu -> Concat with the skip -> conv -> GAP -> fc (a U-Net / FPN decoder step).
-    `after`: a second ConvTranspose reads the decoder's channels (refused as a consumer)."""
+    `after`: a second ConvTranspose reads the decoder's channels (a ConvTranspose consumer)."""
     b = B.GraphBuilder(seed)
     x = b.input("x", ["N", 3, 8, 8])
     enc = b.relu(b.conv(x, 3, 6, name="enc"))

@@ -159,3 +159,13 @@ def test_analyze_command_uses_symbolic_inference_and_says_so(tmp_path):
     assert doc["shape_sources"] == {"g": "symbolic", "m1": "symbolic", "r": "symbolic"}
     text = CliRunner().invoke(main, ["analyze", str(path)])
     assert "note: shapes of 3 tensor(s) unknown to static inference came from onnxruntime's symbolic" in text.output
+
+
+def test_an_unknown_answer_is_not_counted_as_filled():
+    model = reshape_by_computed_shape()
+    idx = GraphIndex.build(model)
+    concat = [n for n in model.graph.node if n.op_type == "Concat"][-1].output[0]
+    assert idx.model_dims[concat][2].startswith("unk__")            # onnx's name for "unknown"
+    assert idx.fill_shapes({concat: (1, ("N", "T", "unk__7"))}, "symbolic") == []
+    assert idx.fill_shapes({concat: (1, ("N", "T", 11))}, "symbolic") == [concat]
+    assert idx.shapes[concat] == (None, None, 11) and idx.shape_sources == {concat: "symbolic"}

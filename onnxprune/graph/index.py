@@ -139,7 +139,7 @@ class GraphIndex:
             elif len(old) != len(dims):
                 continue                       # disagreement: keep what static inference said
             else:
-                new = tuple(d if unknown_dim(o) and d is not None else o for o, d in zip(old, dims))
+                new = tuple(d if unknown_dim(o) and not unknown_dim(d) else o for o, d in zip(old, dims))
             if new == old or name in self.initializers:
                 continue
             self.model_dims[name] = new

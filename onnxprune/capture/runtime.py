@@ -18,7 +18,7 @@ import onnx
 from ..io.atomic import Staged
 from ..errors import InternalError, OnnxPruneError, first_line
 from ..graph.index import opset_version
-from ..io.largemodel import is_large
+from ..io.largemodel import is_large, skeleton
 
 DEVICES = ("auto", "cpu", "cuda")
 MIN_OPSET = 7          # the oldest ai.onnx opset onnxruntime guarantees to run
@@ -173,6 +173,8 @@ def symbolic_shapes(model: onnx.ModelProto) -> dict:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError as exc:
         raise OnnxPruneError(f"onnxruntime's symbolic shape inference is unavailable ({first_line(exc)})") from None
+    if is_large(model):            # it copies and serialises the model: give it the weightless skeleton
+        model = skeleton(model)[0]
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
     except Exception as exc:  # noqa: BLE001 - it raises bare Exception on anything it cannot type

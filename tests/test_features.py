@@ -70,3 +70,40 @@ def test_gemm_matrix_includes_alpha_beta(trans_b):
     got = design_rows(xs, c, np, np.float64) @ consumer_matrix(GraphIndex.build(model), c)
     np.testing.assert_allclose(got, B.run(model, {"x": xs})[0], rtol=1e-5, atol=1e-6)
     assert numpy_helper.to_array(model.graph.initializer[0]).size == 15
+
+
+TRANSPOSED = [
+    dict(k=3, strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    dict(k=2, strides=[2, 2]),
+    dict(k=3, strides=[1, 1], pads=[0, 0, 0, 0]),
+    dict(k=3, strides=[2, 3], pads=[0, 2, 1, 0], dilations=[2, 1], output_padding=[1, 2]),
+    dict(k=4, strides=[3, 2], pads=[3, 1, 2, 4], dilations=[1, 2]),     # pads beyond the reach: cropped
+    dict(k=3, strides=[2, 2], auto_pad="VALID"),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("attrs", TRANSPOSED)
+def test_transposed_cols_times_weight_matrix_is_the_conv_transpose(attrs, bias):
+    """Each output position of a ConvTranspose is one row: features (input channel, tap) times
+    the weight matrix rows W[c, :, tap], plus the bias; checked against onnxruntime."""
+    from onnxprune.graph.roles import consumer
+
+    attrs = dict(attrs)
+    k = attrs.pop("k")
+    b = B.GraphBuilder(seed=5)
+    x = b.input("x", ["N", 3, 5, 4])
+    inputs = [x, b.const(b.randn(3, 4, k, k))] + ([b.const(b.randn(4))] if bias else [])
+    b.output(b.node("ConvTranspose", inputs, name="ct", kernel_shape=[k, k], **attrs))
+    model = b.model()
+    idx = GraphIndex.build(model)
+    c = consumer(idx, model.graph.node[0], 0, Layout(1, 4, (Segment("p", 0, 3),)))
+    assert c.weight_axis == 0 and c.kernel_area == k * k and c.conv.transposed
+    xv = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    expected = B.run(model, {"x": xv})[0]
+    rows = design_rows(xv, c, np, np.float64)
+    rows = rows[:, canonical_order(c, rows.shape[1])]
+    got = rows @ consumer_matrix(idx, c)
+    want = expected.transpose(0, 2, 3, 1).reshape(-1, expected.shape[1])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

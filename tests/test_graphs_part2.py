@@ -98,7 +98,7 @@ def self_offset(seed=0):
 def unet(seed=0, output_padding=True, bias=True, after=False):
     """enc conv -> down conv s2 -> ConvTranspose (k3 s2 pad 1, output_padding 1: 4x4 -> 8x8, or
     k2 s2) -> relu -> Concat with the skip -> conv -> GAP -> fc (a U-Net / FPN decoder step).
-    `after`: a second ConvTranspose reads the decoder's channels (refused as a consumer)."""
+    `after`: a second ConvTranspose reads the decoder's channels (a ConvTranspose consumer)."""
     b = B.GraphBuilder(seed)
     x = b.input("x", ["N", 3, 8, 8])
     enc = b.relu(b.conv(x, 3, 6, name="enc"))
@@ -187,15 +187,15 @@ def test_self_offset_removes_both_halves():
     assert len(src) == 4
 
 
-def test_conv_transpose_is_a_producer_and_a_refused_consumer():
+def test_conv_transpose_is_a_producer_and_a_consumer():
     groups = groups_of(unet(after=True))
     up = groups["up"]
     assert up.producers[0].op == "ConvTranspose" and up.producers[0].weight_axis == 1
     assert [c.node for c in up.consumers] == ["fuse"]
     assert {(s.axis, s.layout.positions) for s in up.sites} == {(1, 7), (0, 7)}      # weight, bias
-    assert "up2" in groups and "fuse" not in groups
-    reasons = {s.node: s.reason for s in analyze(normalize(unet(after=True))).skipped}
-    assert "only as a producer" in reasons["fuse"]
+    (up2,) = groups["fuse"].consumers
+    assert up2.op == "ConvTranspose" and up2.weight_axis == 0 and up2.block == 4 and up2.conv.transposed
+    assert groups["down"].consumers[0].conv.output_padding == (1, 1)
 
 
 @pytest.mark.parametrize("keep", KEEPS)
@@ -309,12 +309,13 @@ def test_unet_decoder_fixture_groups():
     model, _ = _fixture("unet_decoder")
     analysis = analyze(model)
     groups = {g.name: g for g in analysis.groups}
-    assert sorted(groups) == ["/down/down.0/Conv", "/enc/enc.0/Conv", "/up/up.0/ConvTranspose",
-                              "/up2/up2.0/ConvTranspose"]
+    assert sorted(groups) == ["/down/down.0/Conv", "/enc/enc.0/Conv", "/fuse/fuse.0/Conv", "/mid/mid.0/Conv",
+                              "/up/up.0/ConvTranspose", "/up2/up2.0/ConvTranspose"]
     up = groups["/up/up.0/ConvTranspose"]
     assert "/up/up.1/BatchNormalization" in up.passthrough and [c.node for c in up.consumers] == ["/fuse/fuse.0/Conv"]
-    reasons = {s.node: s.reason for s in analysis.skipped}
-    assert "only as a producer" in reasons["/mid/mid.0/Conv"]
+    for name, reader in (("/mid/mid.0/Conv", "/up/up.0/ConvTranspose"), ("/fuse/fuse.0/Conv", "/up2/up2.0/ConvTranspose")):
+        assert [(c.node, c.op) for c in groups[name].consumers] == [(reader, "ConvTranspose")]
+    assert [s.node for s in analysis.skipped] == ["/head/Conv"]
 
 
 def test_yolo_c2f_fixture_prunes_its_residual_bottlenecks():

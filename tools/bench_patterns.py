@@ -6,7 +6,7 @@ same calibration file) and the relative output error ||y - y'||² / ||y||² on 2
 inputs drawn like the calibration data (N(0,1) floats; token ids uniform in the vocabulary
 with a random 8..16 real-token mask for the BERT model).
 
-    python tools/bench_patterns.py [--keep 0.5] [--mode asym]
+    python tools/bench_patterns.py [--keep 0.5] [--mode asym] [--models NAME ...]
 """
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--mode", default="asym")
+    p.add_argument("--models", nargs="+", default=MODELS, help="fixture names (tests/fixtures/NAME.onnx)")
     a = p.parse_args()
     print("| model | groups | prunable channels | greedy rel. error | weight-norm rel. error | params kept |")
     print("|---|---|---|---|---|---|")
-    for name in MODELS:
+    for name in a.models:
         model = load_model(FIXTURES / f"{name}.onnx")
         idx = GraphIndex.build(model)
         analysis = analyze(model, index=idx)

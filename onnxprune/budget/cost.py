@@ -72,6 +72,8 @@ def flops_after(idx: GraphIndex, groups, counts: dict) -> int | None:
 def _output_axis(c) -> int:
     if c.op == "Conv":
         return 0
+    if c.op == "ConvTranspose":
+        return 1
     if c.op == "Gemm":
         return 0 if c.trans_b else 1
     return 1

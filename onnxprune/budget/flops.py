@@ -1,4 +1,4 @@
-"""FLOPs of the matrix-multiply layers (Conv, Gemm, MatMul) for one sample.
+"""FLOPs of the matrix-multiply layers (Conv, ConvTranspose, Gemm, MatMul) for one sample.
 
 FLOPs = 2 x multiply-accumulates. Symbolic batch dimensions count as 1; any other unknown
 dimension makes the total unknown (None) rather than a guess.
@@ -20,7 +20,7 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
     weight_dims = weight_dims or {}
     total = 0
     for node in idx.topo_nodes():
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
         macs = _macs(idx, node)
         if macs is None:
@@ -40,6 +40,8 @@ def _macs(idx: GraphIndex, node) -> int | None:
         return None
     if node.op_type == "Conv":
         return math.prod(out) * math.prod(b[1:])          # each output: Cin/group * kernel MACs
+    if node.op_type == "ConvTranspose":                   # each input element: Cout/group * kernel MACs
+        return math.prod(a[2:]) * math.prod(b)            # (C_in positions x weight [C_in, Cout/g, k...])
     if node.op_type == "Gemm":
         k = a[0] if attr(node, "transA", 0) else a[1]
         return math.prod(out) * k

@@ -1,7 +1,8 @@
 """Lay a consumer's input out as rows x features, plus a constant-1 intercept column.
 
 Pure array code that works with NumPy or CuPy (`xp`). Conv inputs become im2col patches with
-the consumer's own kernel, strides, pads and dilations; Gemm and MatMul inputs are reshaped.
+the consumer's own kernel, strides, pads and dilations; ConvTranspose inputs the patches of
+the equivalent stride-1 convolution (`transposed_cols`); Gemm and MatMul inputs are reshaped.
 For speed, Conv patches are built channels-last (features ordered kernel-offset-major);
 `canonical_order` maps them to the channel-block order (channel c owns features
 [c*block, (c+1)*block)) that everything downstream uses.
@@ -22,8 +23,8 @@ def samples_to_axis0(x, c: Consumer):
 
 def design_rows(x, c: Consumer, xp, dtype):
     """A sample-major batch as rows x (features + 1), the last column all ones."""
-    if c.op == "Conv":
-        return im2col(x, c.conv, xp, dtype)
+    if c.conv is not None:
+        return transposed_cols(x, c.conv, xp, dtype) if c.conv.transposed else im2col(x, c.conv, xp, dtype)
     flat = x.reshape(-1, x.shape[-1])
     rows = xp.empty((flat.shape[0], flat.shape[1] + 1), dtype=dtype)
     rows[:, :-1] = flat
@@ -34,7 +35,7 @@ def design_rows(x, c: Consumer, xp, dtype):
 def token_rows(c: Consumer, batch, row_mask):
     """Boolean [samples, rows per sample] of the rows to count, when a [samples, tokens] 0/1
     mask lines up with a token-wise (Gemm/MatMul) consumer's rows; None: count every row."""
-    if row_mask is None or c.op == "Conv":
+    if row_mask is None or c.conv is not None:
         return None
     per_sample = batch[:1].size // max(1, batch.shape[-1])
     mask = np.asarray(row_mask).reshape(row_mask.shape[0], -1)
@@ -45,7 +46,7 @@ def token_rows(c: Consumer, batch, row_mask):
 
 def canonical_order(c: Consumer, features: int) -> np.ndarray | None:
     """Permutation taking design_rows' column order to channel-block order (None: identity)."""
-    if c.op != "Conv" or c.kernel_area == 1:
+    if c.conv is None or c.kernel_area == 1:
         return None
     kernel_area = c.kernel_area
     channels = (features - 1) // kernel_area
@@ -96,3 +97,34 @@ def im2col(x, geometry: ConvGeometry, xp, dtype):
             index.append(slice(start, start + (o - 1) * s + 1, s))
         cols[..., flat * channels:(flat + 1) * channels] = xt[tuple(index)]
     return cols.reshape(n * math.prod(outs), kernel_area * channels + 1)
+
+
+def transposed_cols(x, geometry: ConvGeometry, xp, dtype):
+    """A ConvTranspose's input as rows (output positions) x (kernel tap, channel) + 1.
+
+    ConvTranspose y[o, p] = sum over (c, q, k) with q*s + k*d - pad_begin = p of
+    x[c, q] W[c, o, k] is a stride-1 convolution, dilation d, of x with s - 1 zeros between
+    its samples, padded by d(K-1) - pad_begin before and d(K-1) - pad_end + output_padding
+    after (cropped where negative), with the kernel flipped. Its im2col column block j is
+    tap K-1-j of W, so reversing the blocks gives feature (k, c) = what multiplies
+    W[c, :, k]: each output position is one linear row y = features @ W[(c, k), o] + b,
+    exactly the model the Conv consumer's statistics and refit assume.
+    """
+    n, channels = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    stuffed = xp.zeros((n, channels) + tuple((size - 1) * s + 1 for size, s in zip(spatial, geometry.strides)),
+                       dtype=x.dtype)
+    stuffed[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geometry.strides)] = x
+    rank = len(spatial)
+    reach = [d * (k - 1) for k, d in zip(geometry.kernel, geometry.dilations)]
+    begin = [r - p for r, p in zip(reach, geometry.pads[:rank])]
+    end = [r - p + o for r, p, o in zip(reach, geometry.pads[rank:], geometry.output_padding or (0,) * rank)]
+    stuffed = xp.pad(stuffed, [(0, 0), (0, 0)] + [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)])
+    crop = tuple(slice(max(-b, 0), size - max(-e, 0)) for b, e, size in zip(begin, end, stuffed.shape[2:]))
+    stuffed = stuffed[(slice(None), slice(None)) + crop]
+    flat = ConvGeometry(geometry.kernel, (1,) * rank, (0,) * (2 * rank), geometry.dilations)
+    cols = im2col(stuffed, flat, xp, dtype)
+    kernel_area = math.prod(geometry.kernel)
+    taps = xp.ascontiguousarray(cols[:, :-1].reshape(cols.shape[0], kernel_area, channels)[:, ::-1, :])
+    cols[:, :-1] = taps.reshape(cols.shape[0], kernel_area * channels)
+    return cols

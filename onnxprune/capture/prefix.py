@@ -120,7 +120,7 @@ def region_model(model: onnx.ModelProto, idx: GraphIndex, outputs: list, availab
     for n in nodes:
         used |= idx.outer_reads.get(n.name, set())
     ins = [_value_info(idx, t) for t in sorted(inputs)]
-    outs = [helper.make_tensor_value_info(t, idx.elem_types[t], None) for t in outputs]
+    outs = [typed_info(t, idx.elem_types.get(t)) for t in outputs]
     graph = helper.make_graph(nodes, g.name or "region", ins, outs)
     for t in g.initializer:     # add().CopyFrom, not extend: works for tensors over 2 GB too
         if t.name in used:
@@ -134,4 +134,14 @@ def _value_info(idx: GraphIndex, name: str):
         return next(i for i in idx.model.graph.input if i.name == name)
     dims = idx.model_dims.get(name)
     shape = None if dims is None else [None] * len(dims)
-    return helper.make_tensor_value_info(name, idx.elem_types[name], shape)
+    return typed_info(name, idx.elem_types.get(name), shape)
+
+
+def typed_info(name: str, elem: int | None, shape=None):
+    """A value info of `elem` type; a bare name when no inference could type the tensor (a
+    custom op's output): onnxruntime types it itself."""
+    if not elem:
+        info = onnx.ValueInfoProto()
+        info.name = name
+        return info
+    return helper.make_tensor_value_info(name, elem, shape)

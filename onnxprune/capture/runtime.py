@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from ..io.atomic import Staged
-from ..errors import InternalError, OnnxPruneError
+from ..errors import InternalError, OnnxPruneError, first_line
 from ..graph.index import opset_version
-from ..io.largemodel import is_large
+from ..io.largemodel import is_large, skeleton
 
 DEVICES = ("auto", "cpu", "cuda")
 MIN_OPSET = 7          # the oldest ai.onnx opset onnxruntime guarantees to run
@@ -161,3 +161,30 @@ def batches(arrays: dict, batch_size: int):
     n = next(iter(arrays.values())).shape[0]
     for start in range(0, n, batch_size):
         yield {k: np.ascontiguousarray(v[start:start + batch_size]) for k, v in arrays.items()}
+
+
+def symbolic_shapes(model: onnx.ModelProto) -> dict:
+    """{tensor: dims} from onnxruntime's symbolic shape inference, dims an int or a symbol
+    name (str) each; raises OnnxPruneError with the reason when it cannot run or finish.
+
+    Output ranks are never guessed (guess_output_rank=False): an op it does not know makes
+    it give up rather than invent a shape."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError as exc:
+        raise OnnxPruneError(f"onnxruntime's symbolic shape inference is unavailable ({first_line(exc)})") from None
+    if is_large(model):            # it copies and serialises the model: give it the weightless skeleton
+        model = skeleton(model)[0]
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+    except Exception as exc:  # noqa: BLE001 - it raises bare Exception on anything it cannot type
+        raise OnnxPruneError(f"symbolic shape inference failed: {first_line(exc) or type(exc).__name__}") from None
+    if inferred is None:
+        raise OnnxPruneError("symbolic shape inference gave no result")
+    found = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            found[vi.name] = (t.elem_type, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                                 for d in t.shape.dim))
+    return found

@@ -87,8 +87,8 @@ class GramAccumulator:
 
     def _width(self, batch) -> int:
         c = self.consumer
-        width = batch.shape[1] if c.op == "Conv" else batch.shape[-1]
-        return width * (c.kernel_area if c.op == "Conv" else 1) + 1
+        width = batch.shape[1] if c.conv is not None else batch.shape[-1]
+        return width * (c.kernel_area if c.conv is not None else 1) + 1
 
     def _start(self, batch, a_batch) -> None:
         xp = self.xp

@@ -98,9 +98,10 @@ class Capturer:
                 acc.add(out[acc.consumer.input], row_mask=feeds.get(self.row_mask))
         return [acc.result() for acc in accs]
 
-    def plan(self, original: onnx.ModelProto, boundaries: list) -> None:
-        """Prepare incremental streams for groups whose producers are `boundaries`, in order."""
-        self.types = GraphIndex.build(original)
+    def plan(self, original: onnx.ModelProto, boundaries: list, index: GraphIndex | None = None) -> None:
+        """Prepare incremental streams for groups whose producers are `boundaries`, in order
+        (`index`: the original's, with the shapes the fallbacks filled in)."""
+        self.types = index or GraphIndex.build(original)
         self.frontiers = [frontier(self.types, b) for b in boundaries]
         self.cacheable = self._frontiers_are_samples_on_axis0(original)
         self.step = 0

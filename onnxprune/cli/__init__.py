@@ -24,6 +24,7 @@ from ..run.pipeline import MODES, prune as prune_model
 from ..progress import StderrProgress
 from ..solve.reweight import DEFAULT_RIDGE
 from ..capture.runtime import resolve_device
+from ..capture.shapes import infer_symbolic
 from ..run.sweep import headline_column, plot_available, sweep as run_sweep
 from ..run.metrics import METRICS, headline, output_line
 from .calibration import SOURCE_OPTIONS, source_options, source_request
@@ -62,9 +63,12 @@ def analyze(model, exclude, as_json):
     """List prunable channel groups and the layers left alone, with reasons."""
     loaded = load_model(model)
     index = GraphIndex.build(loaded)
+    notes = infer_symbolic(loaded, index)      # no data here: the measured fallback needs `prune`
     result = analyze_model(loaded, exclude, index)
     if as_json:
         doc = {"schema_version": 1, "input": model, **result.to_dict(index)}
+        if notes:
+            doc["notes"] = notes
         click.echo(json.dumps(doc, indent=2))
         return
     cov = result.coverage(index)
@@ -79,6 +83,8 @@ def analyze(model, exclude, as_json):
             click.echo(f"      through {', '.join(g.passthrough)}")
     for s in result.skipped:
         click.echo(f"  left alone {s.node} ({s.op}): {s.reason}")
+    for note in notes:
+        click.echo(f"  note: {note}")
 
 
 def _method_options(f):

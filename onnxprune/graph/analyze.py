@@ -22,7 +22,7 @@ from .assemble import assemble
 from .groups import Skipped
 from .oprules import transfer
 from .pieces import Pieces
-from .roles import Refusal, consumer, depthwise_conv, is_matmul_like, is_producer_only, production
+from .roles import Refusal, consumer, depthwise_conv, is_matmul_like, production
 
 
 def analyze(model: onnx.ModelProto, exclude: Iterable[str] = (), index: GraphIndex | None = None) -> Analysis:
@@ -64,7 +64,7 @@ class _Propagation:
             tracked = {i: self.layouts[t] for i, t in enumerate(node.input) if t in self.layouts}
             if tracked:
                 self._visit(node, tracked)
-            if (is_matmul_like(node) and not self._is_depthwise(node)) or is_producer_only(node):
+            if is_matmul_like(node) and not self._is_depthwise(node):
                 self._start_source(node)
             elif is_matmul_like(node):
                 self.not_sources.append(Skipped(node.name, node.op_type,
@@ -86,9 +86,6 @@ class _Propagation:
             effect = None
             if node.op_type == "Conv":
                 effect = depthwise_conv(self.idx, node, tracked)
-            if is_producer_only(node):
-                raise Refusal(f"channels reach {node.op_type} '{node.name}', which onnxprune prunes only as a "
-                              "producer (refitting it from its input needs transposed-convolution statistics)")
             if effect is None and is_matmul_like(node):
                 if set(tracked) != {0}:
                     raise Refusal(f"channels enter {node.op_type} '{node.name}' as a weight operand")

@@ -65,13 +65,16 @@ class Producer:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """What im2col needs to lay a Conv consumer's input out as rows x (channel, kernel)."""
+    """What im2col needs to lay a Conv (or ConvTranspose) consumer's input out as rows x
+    (channel, kernel)."""
 
     kernel: tuple
     strides: tuple
     pads: tuple          # begin pads for every spatial axis, then end pads (ONNX order)
     dilations: tuple
     auto_pad: str = "NOTSET"
+    transposed: bool = False         # a ConvTranspose: see capture/features.transposed_cols
+    output_padding: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Consumer:
     """
 
     node: str
-    op: str                 # Conv | Gemm | MatMul
+    op: str                 # Conv | ConvTranspose | Gemm | MatMul
     input: str              # the tensor captured for statistics
     weight: str
     weight_axis: int        # axis of `weight` indexed by the input channels
@@ -210,6 +213,8 @@ class Analysis:
         }
         if index is not None:
             out["coverage"] = self.coverage(index)
+            if index.shape_sources:       # shapes static inference could not give, by fallback
+                out["shape_sources"] = dict(sorted(index.shape_sources.items()))
         return out
 
 

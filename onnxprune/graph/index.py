@@ -34,6 +34,12 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def unknown_dim(dim) -> bool:
+    """A dim with neither a value nor a name, or one onnx's inference named 'unk__<n>' for
+    "unknown" (not a symbol of the model, such as a batch or sequence length)."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
 def opset_version(model: onnx.ModelProto, default: int = 1) -> int:
     """The model's default-domain (ai.onnx) opset version; `default` when it imports none."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
@@ -66,6 +72,7 @@ class GraphIndex:
     outer_reads: dict = field(default_factory=dict)    # node with subgraphs -> outer tensors read
     model_dims: dict = field(default_factory=dict)     # tensor -> dims with symbolic names kept
     folded: dict = field(default_factory=dict)         # small tensors computed from constants only
+    shape_sources: dict = field(default_factory=dict)  # tensor -> 'symbolic' | 'measured' (fallbacks only)
     _arrays: dict = field(default_factory=dict)
 
     @classmethod
@@ -107,6 +114,41 @@ class GraphIndex:
         if infer:
             idx.folded = _fold_constants(idx)
         return idx
+
+    def unknown_shapes(self) -> list:
+        """Node outputs whose rank or some dim static inference left unknown (the fallbacks in
+        capture/shapes.py may fill them)."""
+        out = []
+        for node in self.model.graph.node:
+            for name in node.output:
+                dims = self.model_dims.get(name)
+                if name and (dims is None or any(unknown_dim(d) for d in dims)):
+                    out.append(name)
+        return out
+
+    def fill_shapes(self, found: dict, source: str) -> list:
+        """Take `found` ({tensor: (elem type, dims)}, a dim an int, a symbol name or None)
+        only where shapes are unknown: a missing shape, or an unnamed unknown dim of the same
+        rank. Returns the tensors that gained something, recorded as coming from `source`."""
+        filled = []
+        for name, (elem, dims) in found.items():
+            dims = tuple(dims)
+            old = self.model_dims.get(name)
+            if old is None:
+                new = dims
+            elif len(old) != len(dims):
+                continue                       # disagreement: keep what static inference said
+            else:
+                new = tuple(d if unknown_dim(o) and not unknown_dim(d) else o for o, d in zip(old, dims))
+            if new == old or name in self.initializers:
+                continue
+            self.model_dims[name] = new
+            self.shapes[name] = tuple(d if isinstance(d, int) else None for d in new)
+            if elem and not self.elem_types.get(name):
+                self.elem_types[name] = elem
+            self.shape_sources[name] = source
+            filled.append(name)
+        return filled
 
     def is_constant(self, name: str) -> bool:
         return name in self.initializers

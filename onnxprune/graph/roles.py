@@ -12,7 +12,7 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ConvGeometry, Consumer, ParamSite, Producer
 from .layout import Layout, Segment
 
-MATMUL_LIKE = {"Conv", "Gemm", "MatMul"}
+MATMUL_LIKE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 class Refusal(Exception):
@@ -138,6 +138,9 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
             auto_pad=_str(attr(node, "auto_pad", "NOTSET")),
         )
         return _checked(idx, Consumer(name, op, node.input[0], weight, 1, layout, bias=bias, conv=geometry))
+    if op == "ConvTranspose":
+        return _checked(idx, Consumer(name, op, node.input[0], weight, 0, layout, bias=bias,
+                                      conv=_transposed_geometry(idx, node, layout, wshape, bias)))
     if op == "Gemm":
         trans_a, trans_b = bool(attr(node, "transA", 0)), bool(attr(node, "transB", 0))
         if layout.rank != 2 or layout.axis != (0 if trans_a else 1):
@@ -215,23 +218,41 @@ def _conv_transpose_source(idx: GraphIndex, node, weight, wshape, bias, out: str
     return _source(idx, Producer(name, "ConvTranspose", weight, 1, bias), out, wshape[1], 1, rank)
 
 
-def is_producer_only(node) -> bool:
-    """Ops that start a source but cannot consume pruned channels (their refit would need
-    transposed-convolution statistics): ConvTranspose."""
-    return node.op_type == "ConvTranspose" and node.domain in ("", "ai.onnx")
+def _transposed_geometry(idx: GraphIndex, node, layout: Layout, wshape, bias) -> ConvGeometry:
+    """A ConvTranspose consumer: weight [C_in, C_out, k...], input channel c owns the rows
+    W[c] (features: its kernel taps, see capture/features.transposed_cols). Output sizes
+    given as `output_shape` or auto_pad SAME_* (pads worked out at run time) are refused."""
+    name = node.name
+    if attr(node, "group", 1) != 1:
+        raise Refusal(f"channels reach grouped ConvTranspose '{name}' (group={attr(node, 'group')})")
+    if layout.axis != 1 or layout.block != 1:
+        raise Refusal(f"ConvTranspose '{name}' reads channels on axis 1, the channels are elsewhere")
+    if bias is not None and len(idx.shapes[bias]) != 1:
+        raise Refusal(f"ConvTranspose '{name}' has a bias that is not one value per output channel")
+    auto_pad = _str(attr(node, "auto_pad", "NOTSET"))
+    if attr(node, "output_shape") is not None or auto_pad not in ("NOTSET", "VALID"):
+        raise Refusal(f"ConvTranspose '{name}' sets its output size by output_shape or auto_pad {auto_pad}; "
+                      "only explicit pads are followed")
+    spatial = len(wshape) - 2
+    return ConvGeometry(
+        kernel=tuple(wshape[2:]),
+        strides=tuple(attr(node, "strides", [1] * spatial)),
+        pads=tuple(attr(node, "pads", [0] * (2 * spatial))) if auto_pad == "NOTSET" else (0,) * (2 * spatial),
+        dilations=tuple(attr(node, "dilations", [1] * spatial)),
+        transposed=True,
+        output_padding=tuple(attr(node, "output_padding", [0] * spatial)),
+    )
 
 
 def refit_layer(idx: GraphIndex, node) -> Consumer:
     """Any Conv / Gemm / MatMul with a constant weight as a Consumer whose every input channel
     is opaque (none pruned): the description `--refit all` refits a layer with. Raises Refusal
-    for what the refit cannot handle (grouped Conv, non-constant weight, unknown rank)."""
+    for what the refit cannot handle (grouped Conv or ConvTranspose, non-constant weight, unknown rank)."""
     from .layout import opaque
 
     op, name = node.op_type, node.name
-    if is_producer_only(node):
-        raise Refusal(f"{op} '{name}' is not refitted (it would need transposed-convolution statistics)")
     if not is_matmul_like(node):
-        raise Refusal(f"{op} '{name}' is not a Conv, Gemm or MatMul")
+        raise Refusal(f"{op} '{name}' is not a Conv, ConvTranspose, Gemm or MatMul")
     if len(node.input) < 2 or not idx.is_constant(node.input[1]) or idx.is_constant(node.input[0]):
         raise Refusal(f"{op} '{name}' has no constant weight applied to a data input")
     wshape = idx.shapes.get(node.input[1])
@@ -245,6 +266,8 @@ def refit_layer(idx: GraphIndex, node) -> Consumer:
             raise Refusal(f"Conv '{name}' is grouped (group={attr(node, 'group')}): not refitted (each output "
                           "channel would need its own group's statistics)")
         layout = Layout(1, len(wshape), (opaque(wshape[1]),))
+    elif op == "ConvTranspose":
+        layout = Layout(1, len(wshape), (opaque(wshape[0]),))
     elif op == "Gemm":
         width = wshape[1] if attr(node, "transB", 0) else wshape[0]
         layout = Layout(0 if attr(node, "transA", 0) else 1, 2, (opaque(width),))

@@ -67,7 +67,7 @@ def point_norms(idx: GraphIndex, group: Group, alive: Alive) -> np.ndarray:
 
 def _producer_bias(idx: GraphIndex, p, node, channels: int) -> np.ndarray:
     name = p.bias
-    if name is None and p.op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+    if name is None and p.op in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2]:
         name = node.input[2]          # a bias onnxprune added when refitting this node earlier
     if name is None:
         return np.zeros(channels)

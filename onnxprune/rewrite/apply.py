@@ -213,7 +213,7 @@ def _path_to(tensor, name: str, depth: int):
 
 def _added_bias(graph, node):
     """The bias constant onnxprune gave this node earlier, if any."""
-    if node.op in ("Conv", "Gemm"):
+    if node.op in ("Conv", "ConvTranspose", "Gemm"):
         if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
             return node.inputs[2]
         return None
@@ -226,7 +226,7 @@ def _added_bias(graph, node):
 
 def _add_bias(graph: gs.Graph, node: gs.Node, bias: np.ndarray, taken: set) -> None:
     const = gs.Constant(_unique(f"{node.name}{ADDED_BIAS}", taken), np.ascontiguousarray(bias))
-    if node.op in ("Conv", "Gemm"):
+    if node.op in ("Conv", "ConvTranspose", "Gemm"):
         node.inputs.append(const)
         return
     out = node.outputs[0]

@@ -1,6 +1,6 @@
 """A consumer's weights as one (features + 1) x outputs matrix, and back.
 
-Every consumer kind (Conv, Gemm with alpha/beta/transB, MatMul + Add) is turned into the same
+Every consumer kind (Conv, ConvTranspose, Gemm with alpha/beta/transB, MatMul + Add) is turned into the same
 form: rows are input features in channel-block order, the last row is the bias (the
 intercept). Selection and least squares only ever see that matrix.
 """
@@ -30,6 +30,8 @@ def consumer_matrix(idx: GraphIndex, c: Consumer) -> np.ndarray:
     alpha, beta = gemm_scales(idx, c)
     if c.op == "Conv":
         m = w.reshape(w.shape[0], -1).T
+    elif c.op == "ConvTranspose":            # [C_in, C_out, k...]: row c*K + k is W[c, :, k]
+        m = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])
     elif c.op == "Gemm":
         m = alpha * (w.T if c.trans_b else w)
     else:
@@ -65,6 +67,8 @@ def consumer_update(idx: GraphIndex, c: Consumer, matrix: np.ndarray) -> Consume
     attrs = {}
     if c.op == "Conv":
         weight = rows.T.reshape(w_old.shape[0], -1, *w_old.shape[2:])
+    elif c.op == "ConvTranspose":
+        weight = np.moveaxis(rows.reshape(-1, *w_old.shape[2:], w_old.shape[1]), -1, 1)
     elif c.op == "Gemm":
         weight = rows.T if c.trans_b else rows
         attrs = {k: 1.0 for k, v in zip(("alpha", "beta"), gemm_scales(idx, c)) if v != 1.0}

@@ -88,7 +88,7 @@ def _ancestors(idx: GraphIndex, tensor: str, memo: dict) -> frozenset:
 
 def _design_key(c) -> tuple:
     """Layers with equal keys lay the same input out as the same rows x features."""
-    return (c.input, c.op == "Conv", c.conv, c.trans_a, c.layout.axis)
+    return (c.input, c.conv is not None, c.conv, c.trans_a, c.layout.axis)
 
 
 def plan_steps(session, todo: list, refit: str, exclude=()) -> tuple:

@@ -49,7 +49,7 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     (opts, clock, progress) -> kept channels per group. Returns (pruned ModelProto, Report)."""
     start = time.perf_counter()
     clock = Clock()
-    notes = []
+    notes = list(session.notes)
     if opts.reweight is None:
         opts = replace(opts, reweight=not (opts.impl.data_free and session.calibration is None))
         if not opts.reweight:
@@ -121,7 +121,7 @@ class GroupPruner:
             if self.layer:
                 self.cache.layer_capture(todo, self.method, self.clock, self.progress)
             else:
-                self.capturer.plan(self.original, [s.boundary for s in steps])
+                self.capturer.plan(self.original, [s.boundary for s in steps], self.session.index)
         current, done = self.original, {}
         try:
             for step in steps:

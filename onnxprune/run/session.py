@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import onnx
 
-from ..capture import runtime
+from ..capture import runtime, shapes
 from ..errors import NothingToPrune, OnnxPruneError
 from ..graph.analyze import analyze
 from ..graph.index import GraphIndex
@@ -38,6 +38,7 @@ class Session:
     reference: object                # onnxruntime session of the original model
     setup_seconds: float
     mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
+    notes: tuple = ()                # where shapes static inference left unknown came from
 
 
 def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
@@ -51,13 +52,17 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
         check_model(model, "the model")
         model = normalize(model)
     index = GraphIndex.build(model)
+    notes = shapes.infer_symbolic(model, index)
     analysis = analyze(model, opts.exclude, index)
+    if not analysis.groups and not index.unknown_shapes():
+        _nothing_to_prune(analysis, index, None)
+    calibration = calibration_for(model, calib, opts)
+    if calibration is not None and index.unknown_shapes():
+        notes += shapes.measure(model, index, calibration)
+        analysis = analyze(model, opts.exclude, index)
     groups = list(analysis.groups)
     if not groups:
-        raise NothingToPrune(
-            f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} "
-            "Conv/Gemm/MatMul left alone); `onnxprune analyze MODEL` says why for each")
-    calibration = calibration_for(model, calib, opts)
+        _nothing_to_prune(analysis, index, calibration)
     mask = resolve_row_mask([s.name for s in input_specs(model)], calibration, opts.row_mask,
                             getattr(calibration, "row_mask", None))      # text: its attention mask
     batch_size = opts.batch_size
@@ -72,7 +77,16 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
     device, xp = resolve_device(opts.device)
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
     return Session(source, model, index, analysis, groups, calibration, mask.name, batch_size, device, xp,
-                   reference, time.perf_counter() - start, mask)
+                   reference, time.perf_counter() - start, mask, tuple(notes))
+
+
+def _nothing_to_prune(analysis, index: GraphIndex, calibration) -> None:
+    unknown = index.unknown_shapes()
+    hint = (f"; {len(unknown)} tensor shape(s) are unknown to static and symbolic inference (with calibration "
+            "data onnxprune measures them)" if unknown and calibration is None else "")
+    raise NothingToPrune(
+        f"nothing to prune: no prunable channel group in the model ({len(analysis.skipped)} "
+        f"Conv/Gemm/MatMul left alone); `onnxprune analyze MODEL` says why for each{hint}")
 
 
 def calibration_for(model: onnx.ModelProto, calib, opts: PruneOptions) -> Calibration | None:

@@ -96,7 +96,7 @@ def _output(idx: GraphIndex, c) -> str:
 
 
 def _channel_axis(c, value: np.ndarray) -> int:
-    return 1 if c.op == "Conv" else value.ndim - 1
+    return 1 if c.conv is not None else value.ndim - 1
 
 
 def _run(model: onnx.ModelProto, feeds: dict, names: list, device: str, batch_size: int) -> dict:

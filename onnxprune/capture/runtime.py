@@ -5,6 +5,7 @@ the GPU wheel installed never prints CUDA errors.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -176,7 +177,7 @@ def symbolic_shapes(model: onnx.ModelProto) -> dict:
     if is_large(model):            # it copies and serialises the model: give it the weightless skeleton
         model = skeleton(model)[0]
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+        inferred = _infer_symbolic(SymbolicShapeInference, model)
     except Exception as exc:  # noqa: BLE001 - it raises bare Exception on anything it cannot type
         raise OnnxPruneError(f"symbolic shape inference failed: {first_line(exc) or type(exc).__name__}") from None
     if inferred is None:
@@ -188,3 +189,22 @@ def symbolic_shapes(model: onnx.ModelProto) -> dict:
             found[vi.name] = (t.elem_type, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                                  for d in t.shape.dim))
     return found
+
+
+def _infer_symbolic(engine, model: onnx.ModelProto):
+    """The shapes it found, complete or not. Its `infer_shapes` saves an incomplete result as
+    sym_shape_infer_temp.onnx (+ data files) into the working directory and raises; we never
+    write into the user's directory, so its loop runs here (the same steps), or, where a
+    later onnxruntime renames them, `infer_shapes` runs in a throwaway directory."""
+    steps = ("_preprocess", "_infer_impl", "_update_output_from_vi")
+    if not all(hasattr(engine, name) for name in steps):
+        with tempfile.TemporaryDirectory(prefix="onnxprune-sym-") as tmp, contextlib.chdir(tmp):
+            return engine.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+    if opset_version(model) < 7:
+        return None
+    inference = engine(2**31 - 1, False, False, 0)      # int_max, auto_merge, guess_output_rank, verbose
+    inference._preprocess(model)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_

@@ -34,7 +34,12 @@ def infer_symbolic(model: onnx.ModelProto, index: GraphIndex) -> list:
     except OnnxPruneError as exc:
         return [f"{len(unknown)} tensor shape(s) unknown to static inference; {exc}"]
     filled = index.fill_shapes({t: found[t] for t in unknown if t in found}, "symbolic")
-    return [_filled_note(filled, "came from onnxruntime's symbolic shape inference")] if filled else []
+    notes = [_filled_note(filled, "came from onnxruntime's symbolic shape inference")] if filled else []
+    left = len(index.unknown_shapes())
+    if left:
+        notes.append(f"{len(unknown)} tensor shape(s) unknown to static inference; symbolic shape inference "
+                     f"left {left} of them unknown")
+    return notes
 
 
 def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration) -> list:

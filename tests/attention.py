@@ -27,7 +27,10 @@ def mha(heads=4, dh=3, hidden=10, seq=None, count="const", merge="const", scale=
     if packed:
         qkv = b.matmul(x, hidden, 3 * width, name="qkv")
         q, k, v = (f"split_out{i}" if i else "split_out" for i in range(3))
-        b.node("Split", [qkv, b.const(np.array([width] * 3))], name="split", outputs=3, axis=-1)
+        if opset >= 18:
+            b.node("Split", [qkv], name="split", outputs=3, axis=-1, num_outputs=3)
+        else:
+            b.node("Split", [qkv, b.const(np.array([width] * 3))], name="split", outputs=3, axis=-1)
     else:
         q, k, v = (b.matmul(x, hidden, width, name=n) for n in ("q", "k", "v"))
     q, k, v = (_split_heads(b, y, x, heads, dh, count) for y in (q, k, v))

@@ -24,6 +24,8 @@ VARIANTS = {
     "causal": dict(seq=5, causal=True, scale="mul"),
     "no_mask": dict(mask=None),
     "opset13": dict(opset=13),
+    "packed_qkv": dict(packed=True),
+    "packed_qkv_opset18": dict(packed=True, opset=18, count="concat"),
 }
 
 
@@ -53,6 +55,10 @@ def test_block_is_found(name):
     g = head_group(A.mha(**VARIANTS[name]))
     assert g.channels == 4 and g.heads.head_dim == 3 and g.heads.num_heads == 4
     assert [c.node for c in g.consumers] == ["o"]
+    if VARIANTS[name].get("packed"):
+        assert [p.node for p in g.producers] == ["qkv"] and g.heads.streams == (("qkv", "qkv"),)
+        assert [a.kind for a in g.attr_sites].count("split") == 1
+        return
     assert {p.node for p in g.producers} == {"q", "k", "v"}
     assert dict((n, r) for r, n in g.heads.streams) == {"q": "q", "k": "k", "v": "v"}
 
@@ -62,7 +68,7 @@ def test_block_is_found(name):
 def test_masked_equivalence(name, keep):
     model = A.mha(**VARIANTS[name])
     _, groups, kept = assert_masked_equivalent(model, inputs(model, 24, 1), inputs(model, 5, 7), keep)
-    assert 0 < len(kept["q"]) < 4
+    assert 0 < len(kept[groups[0].name]) < 4
 
 
 @pytest.mark.parametrize("method", ["weight-norm", "random"])

@@ -47,6 +47,8 @@ class _Stream:
     heads: int = 0
     head_dim: int = 0
     role: str = ""
+    source: str = ""        # the producer node (one source for all pieces of a packed QKV)
+    piece: int = 0          # which output of the packed Split
 
 
 @dataclass
@@ -72,6 +74,7 @@ class _Flow:
         self.streams = {}       # stream id (producer node) -> _Stream
         self.parent = {}        # union-find over stream ids
         self.blocks = {}        # stream id -> _Block
+        self.packed = {}        # producer node -> (its Split node, stream ids of its pieces)
 
     # -- union-find ------------------------------------------------------------------------
     def find(self, s: str) -> str:
@@ -116,28 +119,47 @@ class _Flow:
         out, rank = src.output, src.layout.rank
         if src.layout.axis != rank - 1 or rank < 2:
             return
-        splits = [n for n, i in self.idx.uses(out) if n.op_type == "Reshape" and i == 0]
-        if not splits:
+        split = self._packed_split(out, rank)
+        pieces = list(split.output) if split is not None else [out]
+        if not any(n.op_type == "Reshape" and i == 0 for t in pieces for n, i in self.idx.uses(t)):
             return
-        sid = node.name
-        self.streams[sid] = _Stream(src.producer, rank)
-        self.parent[sid] = sid
-        self.blocks[sid] = _Block(tensors=[out])
+        sids = [node.name] if split is None else [f"{node.name}#{i}" for i in range(len(pieces))]
+        for i, sid in enumerate(sids):
+            self.streams[sid] = _Stream(src.producer, rank, source=node.name, piece=i)
+            self.parent[sid] = sid
+            self.blocks[sid] = _Block(tensors=[out] if i == 0 else [])
+        if split is not None:
+            self.packed[node.name] = (split, sids)
+            self.blocks[sids[0]].nodes.add(split.name)
         try:
-            self._entry(sid, src, out, rank)
+            if split is not None:
+                self._entry(out, rank, split, "the channel count")
+            for sid, piece in zip(sids, pieces):
+                self._entry(piece, rank, None, "the channel count", sid)
         except Refusal as why:
-            self.refuse(sid, str(why))
+            for sid in sids:
+                self.refuse(sid, str(why))
 
-    def _entry(self, sid: str, src, out: str, rank: int) -> None:
-        """The projection's output goes only to its head-split Reshape (and Shape reads of
-        other axes)."""
+    def _packed_split(self, out: str, rank: int):
+        """The Split of a packed QKV projection's output on its last axis, if that is what reads it."""
+        splits = [n for n, _ in self.idx.uses(out) if n.op_type == "Split"]
+        if len(splits) != 1:
+            return None
+        axis = attr(splits[0], "axis", 0)
+        return splits[0] if axis in (-1, rank - 1) else None
+
+    def _entry(self, out: str, rank: int, split, what: str, sid: str | None = None) -> None:
+        """A projection output (or a piece of it) goes only to its head-split Reshape, the
+        packed Split, and Shape reads of other axes."""
         if out in self.idx.graph_outputs:
             raise Refusal(f"the projection output '{out}' is a model output")
         for node, i in self.idx.uses(out):
             if node.op_type == "Shape":
-                self._shape_read(node, rank, rank - 1, "the channel count")
-            elif node.op_type == "Reshape" and i == 0:
-                self._split(sid, node, out, src.channels)
+                self._shape_read(node, rank, rank - 1, what)
+            elif split is not None and node is split and i == 0:
+                continue
+            elif sid is not None and node.op_type == "Reshape" and i == 0:
+                self._split(sid, node, out, self.idx.shapes[out][-1])
             else:
                 raise Refusal(f"the projection output '{out}' is also read by {node.op_type} '{node.name}'")
 
@@ -172,7 +194,7 @@ class _Flow:
 
     def unit_layout(self, sid: str, block: int = 1) -> Layout:
         s = self.streams[sid]
-        return Layout(s.rank - 1, s.rank, (Segment(sid, 0, s.heads),), block=block)
+        return Layout(s.rank - 1, s.rank, (Segment(s.source, 0, s.heads),), block=block)
 
     def _lead(self, data: str, entries, allowzero: int, kept: int) -> bool:
         """Whether target entries reproduce `data`'s first `kept` dims one by one (so a -1
@@ -347,7 +369,7 @@ class _Flow:
         uses = self.idx.uses(out)
         if len(uses) != 1 or uses[0][0].op_type != "MatMul" or uses[0][1] != 0 or out in self.idx.graph_outputs:
             raise Refusal(f"the merged heads of Reshape '{node.name}' are not read by one output projection")
-        layout = Layout(t.rank - 2, t.rank - 1, (Segment(t.root, 0, t.heads),), block=dh)
+        layout = Layout(t.rank - 2, t.rank - 1, (Segment(self.streams[t.root].source, 0, t.heads),), block=dh)
         block.ends.append((node.name, consumer(self.idx, uses[0][0], 0, layout)))
         block.nodes.add(node.name)
         return {}
@@ -369,7 +391,13 @@ class _Flow:
             heads = {self.streams[s].heads for s in sids}
             if reason is None and len(heads) != 1:
                 reason = f"the projections have different head counts {sorted(heads)}"
-            producers = tuple(self.streams[s].producer.node for s in sids)
+            for source, (_, pieces) in self.packed.items():
+                inside = sum(p in sids for p in pieces)
+                if reason is None and 0 < inside < len(pieces):
+                    reason = f"the pieces of packed projection '{source}' feed different attention blocks"
+                if reason is None and inside and len({self.streams[p].head_dim for p in pieces}) != 1:
+                    reason = f"the pieces of packed projection '{source}' have different head sizes"
+            producers = tuple(dict.fromkeys(self.streams[s].producer.node for s in sids))
             if reason is not None:
                 out.append(HeadRefusal(producers, reason))
                 continue
@@ -377,14 +405,21 @@ class _Flow:
         return out
 
     def _group(self, sids, parts, o) -> HeadGroup:
-        streams = []
-        for s in sids:
-            st = self.streams[s]
-            streams.append(HeadStream(st.role or "qkv"[len(streams) % 3], st.producer,
-                                      self.unit_layout(s, st.head_dim), st.head_dim))
+        streams, counts = [], [c for b in parts for c in b.counts]
+        for source in dict.fromkeys(self.streams[s].source for s in sids):
+            own = [self.streams[s] for s in sids if self.streams[s].source == source]
+            own.sort(key=lambda st: st.piece)
+            dh = own[0].head_dim
+            layout = Layout(own[0].rank - 1, own[0].rank, tuple(Segment(source, 0, st.heads) for st in own), block=dh)
+            role = own[0].role or "qkv"[len(streams) % 3] if len(own) == 1 else "".join(st.role for st in own)
+            streams.append(HeadStream(role, own[0].producer, layout, dh))
+            if source in self.packed:
+                split = self.packed[source][0]
+                counts.append(AttrSite(split.name, "split", tuple(self.unit_layout(s, self.streams[s].head_dim)
+                                                                  for s in self.packed[source][1]),
+                                       name=split.input[1] if len(split.input) > 1 and split.input[1] else None))
         order = self.idx.order.__getitem__
         nodes = sorted({n for b in parts for n in b.nodes}, key=order)
         return HeadGroup(units=next(iter({self.streams[s].heads for s in sids})), head_dim=o.layout.block,
-                         queries_per_unit=1, streams=tuple(streams), output=o,
-                         counts=tuple(c for b in parts for c in b.counts), nodes=tuple(nodes),
-                         tensors=tuple(t for b in parts for t in b.tensors))
+                         queries_per_unit=1, streams=tuple(streams), output=o, counts=tuple(counts),
+                         nodes=tuple(nodes), tensors=tuple(t for b in parts for t in b.tensors))

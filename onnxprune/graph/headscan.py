@@ -30,7 +30,10 @@ def attach_heads(analysis: Analysis, idx: GraphIndex, opset: int, exclude: set) 
             if isinstance(found, HeadRefusal):
                 for node in found.producers:
                     if node in skipped and node not in exclude:
-                        skipped[node] = replace(skipped[node], reason=f"attention heads: {found.reason}")
+                        old = skipped[node].reason
+                        why = f"{old}; as attention heads: {found.reason}" if found.lone else \
+                            f"attention heads: {found.reason}"
+                        skipped[node] = replace(skipped[node], reason=why)
                 continue
             nodes = {s.producer.node for s in found.streams}
             if nodes & grouped or nodes & exclude or not nodes <= set(skipped):

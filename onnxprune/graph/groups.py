@@ -33,6 +33,8 @@ class AttrSite:
     kind 'conv_group': node's `group` = positions of layouts[0];
     kind 'split': node's split sizes = positions x block of each output layout;
     kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor;
+    kind 'num_heads': node's `num_heads` attribute = positions of layouts[0] x factor (a fused
+    attention op, see heads.py);
     kind 'pad': a Pad of zeros on the channel axis: `values` are its original pads (attribute,
     or input `name` when given), entries `index` and `index + factor` (before, after on the
     channel axis) = positions of layouts[0] and layouts[1].
@@ -119,6 +121,23 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class HeadInfo:
+    """What makes a group a group of attention heads (graph/heads.py): its channels are units
+    of `queries_per_unit` query heads of `head_dim` features each."""
+
+    num_heads: int
+    head_dim: int
+    queries_per_unit: int = 1
+    pattern: str = "unfused"
+    streams: tuple = ()          # (role, producer node) per Q/K/V projection
+
+    def to_dict(self) -> dict:
+        return {"num_heads": self.num_heads, "head_dim": self.head_dim,
+                "queries_per_unit": self.queries_per_unit, "pattern": self.pattern,
+                "streams": {node: role for role, node in self.streams}}
+
+
+@dataclass(frozen=True)
 class Group:
     """Channels that are removed together, with every node and parameter that depends on them.
 
@@ -137,6 +156,12 @@ class Group:
     tensors: tuple = ()     # tensors carrying the channels
     position: int = 0       # topological position of the first producer
     outputs: tuple = ()     # (producer node, Layout of its output channels in group coordinates)
+    heads: HeadInfo | None = None   # set when the channels are attention heads (graph/heads.py)
+
+    @property
+    def unit(self) -> str:
+        """What one channel of this group is: 'head' (a unit of attention heads) or 'channel'."""
+        return "head" if self.heads is not None else "channel"
 
     def output_layout(self, node: str) -> Layout | None:
         """A producer's output channels as layouts name them (None: not recorded)."""
@@ -162,6 +187,7 @@ class Group:
             "block_sizes": {c.node: c.block for c in self.consumers},
             "params": [p.to_dict() for p in self.params],
             "attributes": [{"node": a.node, "kind": a.kind} for a in self.attr_sites],
+            **({"heads": self.heads.to_dict()} if self.heads is not None else {}),
         }
 
 

@@ -116,6 +116,8 @@ def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_ma
 def _write_count(graph, node, site, after: Alive, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
+    elif site.kind == "num_heads":
+        node.attrs["num_heads"] = after.current_positions(site.layouts[0]) * site.factor
     elif site.kind == "split":
         sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
         if site.name is not None or len(node.inputs) > 1:      # (an earlier group may have added one)

@@ -30,6 +30,8 @@ BLOCKS = {   # name -> (builder, pattern, units, query heads per unit)
     "mha_broadcast_bias": (lambda: F.ms_mha(attention_bias=(1, 1, 5, 5)), "com.microsoft.MultiHeadAttention", 4, 1),
     "gqa": (F.ms_gqa, "com.microsoft.GroupQueryAttention", 2, 2),
     "gqa_mha": (lambda: F.ms_gqa(kv=4), "com.microsoft.GroupQueryAttention", 4, 1),
+    # rotary inside the op: cos/sin caches shared by every head (the CPU kernel wants head size 16)
+    "gqa_rotary": (lambda: F.ms_gqa(rotary=True, dh=16), "com.microsoft.GroupQueryAttention", 2, 2),
     "onnx_attention_gqa": (F.onnx_attention, "ai.onnx.Attention", 2, 2),
     "onnx_attention_mha": (lambda: F.onnx_attention(kv=4), "ai.onnx.Attention", 4, 1),
     "onnx_attention_2d_mask": (lambda: F.onnx_attention(mask=(5, 5), causal=0), "ai.onnx.Attention", 2, 2),
@@ -44,7 +46,6 @@ REFUSED = {  # name -> (builder, reason fragment, node carrying the reason)
     "mha_past": (lambda: F.ms_mha(past=True), "KV cache (past_key)", "q_proj"),
     "gqa_present_read": (lambda: F.ms_gqa(present_read=True), "present_key is read", "q_proj"),
     "gqa_packed": (lambda: F.ms_gqa(packed=True), "packed QKV", "q_proj"),
-    "gqa_rotary": (lambda: F.ms_gqa(rotary=True), "rotary", "q_proj"),
     "onnx_attention_mask_per_head": (lambda: F.onnx_attention(mask=(1, 4, 5, 5)), "one slice per head", "q_proj"),
 }
 
@@ -176,3 +177,10 @@ def test_fused_and_unfused_bert_keep_the_same_heads():
         picks.append([kept[h] for h in heads])
     assert picks[0] == picks[1] == picks[2]
     assert [len(k) for k in picks[0]] == [2, 2]
+
+
+@pytest.mark.parametrize("method", ["weight-norm", "random"])
+@pytest.mark.parametrize("name", ["attention", "mha_packed_bias", "gqa", "onnx_attention_gqa"])
+def test_masked_equivalence_other_methods(name, method):
+    model = BLOCKS[name][0]()
+    assert_masked_equivalent(model, F.inputs(model, 24, 1), F.inputs(model, 5, 7), 0.5, method=method, mode="layer")

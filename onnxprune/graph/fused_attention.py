@@ -11,13 +11,15 @@ only, and the op's counts are attributes. What this module proves before it retu
   or one MatMul (+ bias Add) per Q, K, V input read by nothing else;
 - the op's output is read by one MatMul with a constant weight (O), and is no model output;
 - nothing the op reads or writes is laid out per head beyond what is sliced: a KV cache
-  (past / present, `past_sequence_length`), a per-head attention bias or mask, head sinks,
-  the packed QKV / KV input formats and rotary embedding inside the op are refused;
+  (past / present, `past_sequence_length`), a per-head attention bias or mask, head sinks
+  and the packed QKV / KV input formats are refused, and so is rotary embedding inside
+  com.microsoft Attention (its CPU kernel does not run it, so nothing could check it);
+  GroupQueryAttention's rotary reads cos/sin caches every head shares and stays;
 - with grouped-query attention the units are KV groups: one K/V head with its
   num_heads / kv_num_heads query heads (query head j uses KV head j // that ratio).
 
 The counts are `AttrSite`s of kind 'num_heads', 'kv_num_heads', 'q_num_heads' (the attribute
-of that name = kept units x factor) and 'qkv_hidden_sizes' (positions x block per layout);
+of that name = kept units x factor) and 'qkv_hidden_sizes' (kept units x factor per layout);
 rewrite/apply.py writes them. Pure graph work, like the rest of graph/.
 """
 from __future__ import annotations
@@ -111,8 +113,6 @@ def _ms_gqa(idx: GraphIndex, node) -> HeadGroup:
     _no_inputs(node, {3: "a KV cache (past_key)", 4: "a KV cache (past_value)", 10: "an attention bias per head",
                       11: "head sinks (one value per head)"})
     _unused_outputs(idx, node, {1: "present_key", 2: "present_value", 3: "output_qk"})
-    if attr(node, "do_rotary", 0):
-        raise Refusal("rotary embedding inside the op is not proven safe to slice")
     heads, kv = attr(node, "num_heads"), attr(node, "kv_num_heads")
     streams, dh = _projections(idx, node, heads, kv)
     per = heads // kv

@@ -39,6 +39,10 @@ def mha(heads=4, dh=3, hidden=10, seq=None, count="const", merge="const", scale=
     if scale == "sqrt":
         s = b.const(np.array(dh ** -0.25))
         q, k = b.node("Mul", [q, s]), b.node("Mul", [k, s])
+    elif scale == "sdpa":           # torch 2.x decomposition: Dh read from Q's shape
+        d = b.node("Slice", [b.node("Shape", [q]), b.const(np.array([-1])), b.const(np.array([2 ** 62]))])
+        s = b.node("Sqrt", [b.node("Div", [b.const(np.array([1.0])), b.node("Sqrt", [b.node("Cast", [d], to=1)])])])
+        q, k = b.node("Mul", [q, s]), b.node("Mul", [k, s])
     kt = b.node("Transpose", [k], perm=[0, 1, 3, 2])
     scores = b.node("MatMul", [q, kt], name="scores")
     if scale == "div":
@@ -53,10 +57,23 @@ def mha(heads=4, dh=3, hidden=10, seq=None, count="const", merge="const", scale=
         m = b.input("keep", ["N", t], elem=9)
         m = b.node("Unsqueeze", [m, b.const(np.array([1, 2]))])
         scores = b.node("Where", [m, scores, b.const(np.array(-1e4))])
-    if causal:
+    if mask == "expand":            # [N, 1, 1, T] expanded to [N, 1, T, T] by a computed shape
+        m = b.node("Unsqueeze", [b.input("mask", ["N", t]), b.const(np.array([1, 2]))])
+        shape = b.node("Concat", [_dim(b, x, 0), b.const(np.array([1])), _dim(b, x, 1), _dim(b, x, 1)], axis=0)
+        m = b.node("Expand", [m, shape])
+        scores = b.node("Add", [scores, b.node("Mul", [m, b.const(np.array(-1e4))])])
+    if causal == "buffer":          # GPT-2: a [1, 1, 16, 16] buffer sliced to the sequence length
+        n = _dim(b, x, 1)
+        buf = b.node("Cast", [b.const(np.tril(np.ones((1, 1, 16, 16))))], to=9)
+        tri = b.node("Slice", [b.node("Slice", [buf, b.const(np.array([0])), n, b.const(np.array([2]))]),
+                               b.const(np.array([0])), n, b.const(np.array([3]))])
+        scores = b.node("Where", [tri, scores, b.const(np.array(-1e4))])
+    elif causal:
         tri = np.triu(np.full((seq, seq), -1e4), 1)
         scores = b.node("Add", [scores, b.const(tri)])
     probs = b.node("Softmax", [scores], axis=softmax_axis)
+    if scale == "sdpa":
+        probs = b.node("Where", [b.node("IsNaN", [probs]), b.const(np.array(0.0)), probs])
     ctx = b.node("MatMul", [probs, v], name="context")
     ctx = b.node("Transpose", [ctx], perm=[0, 2, 1, 3])
     ctx = _merge_heads(b, ctx, x, width, merge)

@@ -25,6 +25,8 @@ VARIANTS = {
     "no_mask": dict(mask=None),
     "opset13": dict(opset=13),
     "packed_qkv": dict(packed=True),
+    "sdpa_decomposition": dict(scale="sdpa", mask="expand", count="concat", merge="minus1"),
+    "gpt2_causal_buffer": dict(packed=True, causal="buffer", count="concat", merge="concat"),
     "packed_qkv_opset18": dict(packed=True, opset=18, count="concat"),
 }
 
@@ -147,3 +149,29 @@ def test_bert_tiny_heads():
     _, _, kept = assert_masked_equivalent(model, {k: v[:16] for k, v in data.items()},
                                           {k: v[16:20] for k, v in data.items()}, 0.5, mode="layer")
     assert len(kept["/layers.0/attn/query/MatMul"]) == 2
+
+
+# -- the torch exports of tools/fixture_transformers.py (tests/fixtures/transformers) ----------
+
+TRANSFORMERS = FIXTURES / "transformers"
+EXPORTS = {"bert_hf": "qkv", "vit_tiny": "qkv", "gpt2_tiny": "packed", "sdpa_encoder": "qkv"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_torch_exports(name):
+    """Every layer's heads are one group; keep-all is exact; half the heads pass the masked check."""
+    path = TRANSFORMERS / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path.name} is built by tools/fixture_transformers.py (branch w-tfix)")
+    model = load_model(path)
+    heads = [g for g in analyze(model).groups if g.unit == "head"]
+    assert len(heads) == 2 and all(g.channels == 4 and g.heads.head_dim == 8 for g in heads)
+    assert all(len(g.producers) == (1 if EXPORTS[name] == "packed" else 3) for g in heads)
+    names = {i.name for i in model.graph.input}
+    data = {k: v for k, v in np.load(TRANSFORMERS / f"{name}_calib.npz").items() if k in names}
+    check = {k: v[-4:] for k, v in data.items()}
+    pruned, _ = prune(model, data, keep=1.0)
+    for a, b in zip(B.run(model, check), B.run(pruned, check)):
+        np.testing.assert_array_equal(a, b)
+    _, _, kept = assert_masked_equivalent(model, {k: v[:12] for k, v in data.items()}, check, 0.5, mode="layer")
+    assert all(len(kept[g.name]) == 2 for g in heads)

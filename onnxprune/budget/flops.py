@@ -1,7 +1,9 @@
 """FLOPs of the matrix-multiply layers (Conv, Gemm, MatMul) for one sample.
 
 FLOPs = 2 x multiply-accumulates. Symbolic batch dimensions count as 1; any other unknown
-dimension makes the total unknown (None) rather than a guess.
+dimension makes the total unknown (None) rather than a guess. A sequence length (or image
+size) left dynamic in the model is taken from the calibration samples (`sample_index`):
+attention's QK^T and AV products grow with it.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import onnx
 from ..graph.index import GraphIndex, attr
 
 
-def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None) -> int | None:
+def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None,
+                scale: dict | None = None) -> int | None:
     """FLOPs for one sample; `weight_dims` (initializer -> new shape) counts a planned pruning:
     a layer with a constant weight does (output positions) x (weight elements) MACs, and
-    pruning changes only the weight's size."""
+    pruning changes only the weight's size. `scale` (node -> factor) scales products of two
+    activations, e.g. an attention block's QK^T by its kept share of heads."""
     idx = index or GraphIndex.build(model)
-    weight_dims = weight_dims or {}
+    weight_dims, scale = weight_dims or {}, scale or {}
     total = 0
     for node in idx.topo_nodes():
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
@@ -28,8 +32,38 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
         weight = node.input[1]
         if weight in weight_dims:
             macs = macs // math.prod(idx.shapes[weight]) * math.prod(weight_dims[weight])
+        elif node.name in scale:
+            macs = int(round(macs * scale[node.name]))
         total += macs
     return 2 * total
+
+
+def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None:
+    """An index of `model` whose inputs have the calibration samples' dims (the batch stays
+    symbolic), for counting FLOPs of a model with a dynamic sequence length or image size;
+    None when nothing is dynamic besides the batch or no sample dims fit."""
+    changed = False
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        dims = sample_dims.get(vi.name)
+        shape = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if dims is None or len(shape) != len(dims) + 1:
+            continue
+        for d, n in zip(list(shape)[1:], dims):
+            if not d.HasField("dim_value"):
+                d.dim_value = int(n)
+                changed = True
+    return GraphIndex.build(out) if changed else None
+
+
+def flops_for_samples(model: onnx.ModelProto, index: GraphIndex | None, sample_dims: dict | None) -> int | None:
+    """model_flops, with dynamic non-batch dims taken from the samples when needed."""
+    flops = model_flops(model, index)
+    if flops is None and sample_dims:
+        static = sample_index(model, sample_dims)
+        flops = model_flops(static.model, static) if static is not None else None
+    return flops
 
 
 def _macs(idx: GraphIndex, node) -> int | None:

@@ -21,9 +21,10 @@ from .heads import HeadGroup, HeadRefusal, HeadStream
 from .index import GraphIndex, attr
 from .layout import Layout, Segment
 from .roles import Refusal, consumer, production
-from .shapes import Const, normalised, shape_entries, shape_range
+from .headdims import leading_kept, reads_axis, size_one_at
+from .shapes import Const, shape_entries
 
-UNARY = {"Cast", "Neg", "Identity", "Dropout", "Exp", "Tanh", "Relu", "Sigmoid", "Sqrt", "Abs", "Erf",
+UNARY = {"IsNaN", "Not", "Cast", "Neg", "Identity", "Dropout", "Exp", "Tanh", "Relu", "Sigmoid", "Sqrt", "Abs", "Erf",
          "Softplus", "Reciprocal", "Log"}
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Clip", "Equal", "Less", "Greater"}
 
@@ -60,6 +61,7 @@ class _Block:
     counts: list = field(default_factory=list)
     ends: list = field(default_factory=list)      # (merge Reshape node, O Consumer)
     reason: str | None = None
+    when: int = 0
 
 
 def unfused_attention(idx: GraphIndex, opset: int) -> list:
@@ -75,6 +77,7 @@ class _Flow:
         self.parent = {}        # union-find over stream ids
         self.blocks = {}        # stream id -> _Block
         self.packed = {}        # producer node -> (its Split node, stream ids of its pieces)
+        self.refusals = []      # reasons in the order found (a block reports its first)
 
     # -- union-find ------------------------------------------------------------------------
     def find(self, s: str) -> str:
@@ -89,8 +92,10 @@ class _Flow:
             self.parent[rb] = ra
 
     def refuse(self, root: str, reason: str) -> None:
-        block = self.blocks[root]
-        block.reason = block.reason or reason
+        block = self.blocks[self.find(root)]
+        if block.reason is None:
+            block.reason, block.when = reason, len(self.refusals)
+            self.refusals.append(reason)
 
     # -- walk ------------------------------------------------------------------------------
     def run(self) -> list:
@@ -175,9 +180,9 @@ class _Flow:
         allowzero = attr(node, "allowzero", 0)
         if eh.value > 0 and ed.value > 0 and eh.value * ed.value == channels:
             heads, dh = eh.value, ed.value
-        elif eh.value == -1 and ed.value > 0 and channels % ed.value == 0 and self._lead(data, entries[:-2], allowzero, rank - 1):
+        elif eh.value == -1 and ed.value > 0 and channels % ed.value == 0 and leading_kept(self.idx, data, entries[:-2], allowzero, rank - 1):
             heads, dh = channels // ed.value, ed.value
-        elif ed.value == -1 and eh.value > 0 and channels % eh.value == 0 and self._lead(data, entries[:-2], allowzero, rank - 1):
+        elif ed.value == -1 and eh.value > 0 and channels % eh.value == 0 and leading_kept(self.idx, data, entries[:-2], allowzero, rank - 1):
             heads, dh = eh.value, channels // eh.value
         else:
             raise Refusal(f"Reshape '{node.name}' does not split the {channels} channels into heads")
@@ -196,38 +201,14 @@ class _Flow:
         s = self.streams[sid]
         return Layout(s.rank - 1, s.rank, (Segment(s.source, 0, s.heads),), block=block)
 
-    def _lead(self, data: str, entries, allowzero: int, kept: int) -> bool:
-        """Whether target entries reproduce `data`'s first `kept` dims one by one (so a -1
-        after them is inferred from the remaining axes alone)."""
-        din, sym = self.idx.shapes.get(data), self.idx.model_dims.get(data)
-        if din is None or len(entries) != kept:
-            return False
-        for i, e in enumerate(entries):
-            if isinstance(e, Const):
-                ok = (e.value == 0 and not allowzero) or (e.value > 0 and din[i] == e.value)
-            else:
-                other = self.idx.model_dims.get(e.tensor)
-                ok = (e.tensor == data and e.axis == i) or (
-                    sym is not None and other is not None and e.axis < len(other)
-                    and other[e.axis] is not None and other[e.axis] == sym[i])
-            if not ok:
-                return False
-        return True
-
     def _tag(self, tensor: str, tag: Tag) -> None:
         self.tags[tensor] = tag
         self.blocks[self.find(tag.root)].tensors.append(tensor)
 
     def _shape_read(self, node, rank: int, axis: int, what: str) -> None:
         """A Shape of a head-carrying tensor is fine while it never reads `axis`."""
-        axes = list(shape_range(node, rank))
-        if axis not in axes:
-            return
-        for user, _ in self.idx.uses(node.output[0]):
-            picks = self.idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-            picks = None if picks is None or attr(user, "axis", 0) != 0 else normalised(picks, len(axes))
-            if picks is None or axes.index(axis) in picks:
-                raise Refusal(f"Shape '{node.name}' reads {what}")
+        if reads_axis(self.idx, node, rank, axis):
+            raise Refusal(f"Shape '{node.name}' reads {what}")
 
     # -- one node --------------------------------------------------------------------------
     def _visit(self, node, tagged: dict) -> None:
@@ -279,7 +260,7 @@ class _Flow:
         """Element-wise: tagged operands align on one head axis; the others broadcast over it."""
         ranks = [self.idx.rank(t) if i not in tagged else tagged[i].rank for i, t in enumerate(node.input) if t]
         if any(r is None for r in ranks):
-            raise Refusal(f"{node.op_type} '{node.name}' has an operand of unknown shape")
+            raise Refusal(f"{node.op_type} '{node.name}' has an operand of unknown rank")
         out_rank = max(ranks)
         axes = {out_rank - t.rank + t.axis for t in tagged.values()}
         dhs = {None if t.dh is None else out_rank - t.rank + t.dh for t in tagged.values()}
@@ -290,9 +271,7 @@ class _Flow:
         for i, t in enumerate(node.input):
             if not t or i in tagged:
                 continue
-            dims = self.idx.shapes.get(t)
-            p = len(dims) - (out_rank - axis)
-            if p >= 0 and dims[p] != 1:
+            if not size_one_at(self.idx, t, out_rank - axis):
                 raise Refusal(f"{node.op_type} '{node.name}' combines the heads with '{t}', which does not "
                               "broadcast over the head axis")
         t0 = next(iter(tagged.values()))
@@ -363,7 +342,7 @@ class _Flow:
                 raise Refusal(f"Reshape '{node.name}' takes its merged width from a computed constant")
             block.counts.append(AttrSite(node.name, "reshape", (self.unit_layout(t.root),), name=last.initializer,
                                          index=last.index, factor=dh))
-        elif not (last.value == -1 and self._lead(data, entries[:-1], attr(node, "allowzero", 0), t.rank - 2)):
+        elif not (last.value == -1 and leading_kept(self.idx, data, entries[:-1], attr(node, "allowzero", 0), t.rank - 2)):
             raise Refusal(f"Reshape '{node.name}' does not merge the heads into {width} features")
         out = node.output[0]
         uses = self.idx.uses(out)
@@ -382,7 +361,8 @@ class _Flow:
         out = []
         for root, sids in members.items():
             parts = [self.blocks[s] for s in sids]
-            reason = next((b.reason for b in parts if b.reason), None)
+            found = sorted((b.when, b.reason) for b in parts if b.reason)
+            reason = found[0][1] if found else None
             ends = [e for b in parts for e in b.ends]
             if reason is None and len(sids) < 2:
                 reason = "the heads are never multiplied with another projection's heads"

@@ -68,15 +68,15 @@ def ms_attention(heads=4, dh=4, seed=0, past=False, rotary=False, sizes=False, b
     return _model(nodes, inits, inputs, outputs)
 
 
-def _qkv(rng, inits, nodes, widths, biases=True):
+def _qkv(rng, inits, nodes, widths, biases=True, x="x", pre=""):
     for p, w in zip("qkv", widths):
-        inits[f"W{p}"] = rng.standard_normal((IN, w)) / 4
+        inits[f"{pre}W{p}"] = rng.standard_normal((IN, w)) / 4
         if biases:
-            inits[f"b{p}"] = rng.standard_normal(w) * 0.1
-            nodes += [helper.make_node("MatMul", ["x", f"W{p}"], [f"{p}_mm"], name=f"{p}_proj"),
-                      helper.make_node("Add", [f"{p}_mm", f"b{p}"], [p], name=f"{p}_bias")]
+            inits[f"{pre}b{p}"] = rng.standard_normal(w) * 0.1
+            nodes += [helper.make_node("MatMul", [x, f"{pre}W{p}"], [f"{pre}{p}_mm"], name=f"{pre}{p}_proj"),
+                      helper.make_node("Add", [f"{pre}{p}_mm", f"{pre}b{p}"], [pre + p], name=f"{pre}{p}_bias")]
         else:
-            nodes.append(helper.make_node("MatMul", ["x", f"W{p}"], [p], name=f"{p}_proj"))
+            nodes.append(helper.make_node("MatMul", [x, f"{pre}W{p}"], [pre + p], name=f"{pre}{p}_proj"))
 
 
 def ms_mha(heads=4, dh=4, seed=0, packed_bias=True, attention_bias=None, past=False):
@@ -150,6 +150,44 @@ def onnx_attention(heads=4, kv=2, dh=4, seed=0, mask=None, causal=1):
                                   kv_num_heads=kv, is_causal=causal))
     _o(heads * dh, rng, inits, nodes)
     return _model(nodes, inits, [_x(5 if mask is not None else "T")], [_y()], opsets=(("", 23),), ir=11)
+
+
+def two_layers(op="gqa", heads=4, kv=2, dh=8, seed=0, biases=True):
+    """Two blocks in a row (block 2 reads block 1's output + x): a refit of block 2's
+    projections (their input drifted once block 1 is pruned) adds biases a later head
+    pruning must slice. op: 'gqa' (com.microsoft) or 'attention23' (ai.onnx)."""
+    rng = _rng(seed)
+    inits, nodes, src = {}, [], "x"
+    for layer in (1, 2):
+        pre = f"l{layer}_"
+        _qkv(rng, inits, nodes, [heads * dh, kv * dh, kv * dh], x=src, pre=pre, biases=biases)
+        if op == "gqa":
+            if layer == 1:
+                inits.update({"one": np.array(1, np.int64), "zero1": np.array([0], np.int64),
+                              "one1": np.array([1], np.int64)})
+                nodes += [helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+                          helper.make_node("Gather", ["xs", "one"], ["t"], name="seq", axis=0),
+                          helper.make_node("Slice", ["xs", "zero1", "one1"], ["n1"], name="batch"),
+                          helper.make_node("Cast", ["t"], ["total"], name="total", to=TensorProto.INT32),
+                          helper.make_node("Sub", ["t", "one"], ["last"], name="last"),
+                          helper.make_node("Expand", ["last", "n1"], ["lens64"], name="lens"),
+                          helper.make_node("Cast", ["lens64"], ["lens"], name="lens32", to=TensorProto.INT32)]
+            nodes.append(helper.make_node("GroupQueryAttention", [pre + "q", pre + "k", pre + "v", "", "", "lens", "total"],
+                                          [pre + "attn", pre + "pk", pre + "pv"], name=pre + "gqa", domain=MS,
+                                          num_heads=heads, kv_num_heads=kv))
+        else:
+            nodes.append(helper.make_node("Attention", [pre + "q", pre + "k", pre + "v"], [pre + "attn"],
+                                          name=pre + "attention", q_num_heads=heads, kv_num_heads=kv, is_causal=1))
+        width = OUT if layer == 2 else IN
+        inits[pre + "Wo"] = rng.standard_normal((heads * dh, width)) / np.sqrt(heads * dh)
+        out = "y" if layer == 2 else pre + "out"
+        nodes.append(helper.make_node("MatMul", [pre + "attn", pre + "Wo"], [pre + "o"], name=pre + "o"))
+        nodes.append(helper.make_node("Add", [pre + "o", src], [out], name=pre + "residual") if layer == 1 else
+                     helper.make_node("Identity", [pre + "o"], [out], name=pre + "out"))
+        src = out
+    if op == "gqa":
+        return _model(nodes, inits, [_x()], [_y()])
+    return _model(nodes, inits, [_x()], [_y()], opsets=(("", 23),), ir=11)
 
 
 def inputs(model, n, seed, seq=5):

@@ -36,7 +36,9 @@ MS = "com.microsoft"
 
 
 @dataclass(frozen=True)
-class HeadStreamSource:
+class _Projection:
+    """A Q, K or V projection feeding a fused op."""
+
     producer: Producer
     width: int              # output columns
 
@@ -161,7 +163,7 @@ def _projections(idx: GraphIndex, node, heads: int, kv: int) -> tuple:
     return tuple(streams), dims[2] * per
 
 
-def _projection(idx: GraphIndex, node, tensor: str) -> HeadStreamSource:
+def _projection(idx: GraphIndex, node, tensor: str) -> _Projection:
     """The constant-weight MatMul (+ bias Add) computing `tensor`, read by `node` alone."""
     maker = idx.producer.get(tensor)
     if maker is None or tensor in idx.graph_outputs:
@@ -183,24 +185,15 @@ def _projection(idx: GraphIndex, node, tensor: str) -> HeadStreamSource:
         raise Refusal(f"projection '{maker.name}' adds a bias that is not one value per column")
     if out != tensor or [n.name for n, _ in idx.uses(tensor)] != [node.name]:
         raise Refusal(f"projection '{maker.name}' is not read by this node alone")
-    return HeadStreamSource(Producer(maker.name, "MatMul", weight, 1, bias, bias_node), width)
+    return _Projection(Producer(maker.name, "MatMul", weight, 1, bias, bias_node), width)
 
 
 # ops whose output 0 has the rank of their input 0 (the normalisations and activations the
 # onnxruntime optimizer fuses), and ops whose output 0 is [batch, sequence, hidden]
 SAME_RANK = {(MS, "SkipLayerNormalization"), (MS, "SkipSimplifiedLayerNormalization"), (MS, "BiasGelu"),
              (MS, "FastGelu"), (MS, "Gelu"), (MS, "QuickGelu"), (MS, "BiasAdd"), ("", "LayerNormalization"),
-             ("", "Cast"), ("", "Identity"), ("", "Add"), ("", "Mul"), ("", "Relu")}
+             ("", "Cast"), ("", "Identity"), ("", "Relu")}
 THREE_D = {"EmbedLayerNormalization", "Attention", "MultiHeadAttention", "GroupQueryAttention"}
-
-
-def _same_rank_operands(idx: GraphIndex, node) -> bool:
-    """An element-wise Add/Mul keeps input 0's rank only when the other operand's rank is not
-    larger (a constant of known shape)."""
-    if node.op_type not in ("Add", "Mul"):
-        return True
-    other = node.input[1]
-    return idx.is_constant(other) and len(idx.shapes[other]) <= 1
 
 
 def _rank(idx: GraphIndex, tensor: str, depth: int = 0):
@@ -214,7 +207,10 @@ def _rank(idx: GraphIndex, tensor: str, depth: int = 0):
         return 3
     if node.op_type == "MatMul" and idx.is_constant(node.input[1]) and len(idx.shapes[node.input[1]]) == 2:
         return _rank(idx, node.input[0], depth + 1)
-    if (node.domain.replace("ai.onnx", ""), node.op_type) in SAME_RANK and _same_rank_operands(idx, node):
+    if node.op_type in ("Add", "Mul") and node.domain in ("", "ai.onnx"):     # broadcasting: the larger rank
+        ranks = [_rank(idx, t, depth + 1) for t in node.input]
+        return None if None in ranks else max(ranks)
+    if (node.domain.replace("ai.onnx", ""), node.op_type) in SAME_RANK:
         return _rank(idx, node.input[0], depth + 1)
     return None
 

@@ -8,6 +8,7 @@ head detector must follow (graph/headflow.py) or refuse.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from builders import GraphBuilder
 
@@ -108,3 +109,54 @@ def _merge_heads(b, ctx, x, width, merge):
     else:
         shape = b.node("Concat", [_dim(b, x, 0), _dim(b, x, 1), b.const(np.array([width]), "merged")], axis=0)
     return b.node("Reshape", [ctx, shape])
+
+
+def gqa(heads=4, kv=2, dh=4, hidden=12, seq=6, rotary=True, repeat="expand", seed=0, out_dim=7):
+    """Grouped-query attention as LLaMA code exports it: K/V with `kv` heads, rotary embedding
+    on Q and K (Slice halves, Neg, Concat, Mul by cos/sin), repeat_kv as Unsqueeze -> Expand
+    (to a shape torch computes through Where(Equal(shape, -1), 1, shape)) -> Reshape, causal
+    mask, Softmax, x V, merge, O. repeat='tile' repeats with Tile instead (head h uses K/V
+    head h % kv: refused)."""
+    b = GraphBuilder(seed)
+    x = b.input("x", ["N", seq, hidden])
+    r = heads // kv
+    q = _split_heads(b, b.matmul(x, hidden, heads * dh, bias=False, name="q"), x, heads, dh, "concat")
+    k = _split_heads(b, b.matmul(x, hidden, kv * dh, bias=False, name="k"), x, kv, dh, "concat")
+    v = _split_heads(b, b.matmul(x, hidden, kv * dh, bias=False, name="v"), x, kv, dh, "concat")
+    if rotary:
+        angles = np.arange(seq)[:, None] * (0.5 ** np.arange(dh // 2))[None, :]
+        cos = b.const(np.cos(np.concatenate([angles, angles], 1))[None, None])
+        sin = b.const(np.sin(np.concatenate([angles, angles], 1))[None, None])
+        q, k = (_rotate(b, t, cos, sin, dh) for t in (q, k))
+    k, v = (_repeat(b, t, x, kv, r, dh, repeat) for t in (k, v))
+    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    scores = b.node("Div", [scores, b.const(np.array(np.sqrt(dh)))])
+    scores = b.node("Add", [scores, b.const(np.triu(np.full((seq, seq), -1e4), 1))])
+    ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    ctx = _merge_heads(b, b.node("Transpose", [ctx], perm=[0, 2, 1, 3]), x, heads * dh, "concat")
+    b.output(b.matmul(ctx, heads * dh, out_dim, name="o"))
+    return b.model()
+
+
+def _rotate(b, t, cos, sin, dh):
+    half = dh // 2
+    lo = b.node("Slice", [t, b.const(np.array([0])), b.const(np.array([half])), b.const(np.array([3]))])
+    hi = b.node("Slice", [t, b.const(np.array([half])), b.const(np.array([2 ** 62])), b.const(np.array([3]))])
+    rot = b.node("Concat", [b.node("Neg", [hi]), lo], axis=-1)
+    return b.node("Add", [b.node("Mul", [t, cos]), b.node("Mul", [rot, sin])])
+
+
+def _repeat(b, t, x, kv, r, dh, repeat):
+    if repeat == "tile":
+        return b.node("Tile", [t, b.const(np.array([1, r, 1, 1]))])
+    t = b.node("Unsqueeze", [t, b.const(np.array([2]))])
+    shape = b.node("Reshape", [b.node("Concat", [_dim(b, x, 0), b.const(np.array([kv])), b.const(np.array([r])),
+                                                 _dim(b, x, 1), b.const(np.array([dh]))], axis=0),
+                               b.const(np.array([-1]))])
+    ones = b.node("ConstantOfShape", [b.node("Shape", [shape])],
+                  value=onnx.helper.make_tensor("one", onnx.TensorProto.INT64, [1], [1]))
+    shape = b.node("Where", [b.node("Equal", [shape, b.node("Mul", [ones, b.const(np.array(-1))])]), ones, shape])
+    t = b.node("Expand", [t, shape])
+    target = b.node("Concat", [_dim(b, x, 0), b.const(np.array([kv * r]), "heads"), _dim(b, x, 1),
+                               b.const(np.array([dh]))], axis=0)
+    return b.node("Reshape", [t, target])

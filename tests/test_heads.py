@@ -154,7 +154,7 @@ def test_bert_tiny_heads():
 # -- the torch exports of tools/fixture_transformers.py (tests/fixtures/transformers) ----------
 
 TRANSFORMERS = FIXTURES / "transformers"
-EXPORTS = {"bert_hf": "qkv", "vit_tiny": "qkv", "gpt2_tiny": "packed", "sdpa_encoder": "qkv"}
+EXPORTS = {"bert_hf": "qkv", "vit_tiny": "qkv", "gpt2_tiny": "packed", "sdpa_encoder": "qkv", "llama_tiny": "gqa"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
@@ -165,7 +165,9 @@ def test_torch_exports(name):
         pytest.skip(f"{path.name} is built by tools/fixture_transformers.py (branch w-tfix)")
     model = load_model(path)
     heads = [g for g in analyze(model).groups if g.unit == "head"]
-    assert len(heads) == 2 and all(g.channels == 4 and g.heads.head_dim == 8 for g in heads)
+    units = 2 if EXPORTS[name] == "gqa" else 4                # llama_tiny: 4 query heads on 2 K/V heads
+    assert len(heads) == 2 and all(g.channels == units and g.heads.head_dim == 8 for g in heads)
+    assert all(g.heads.num_heads == 4 for g in heads)
     assert all(len(g.producers) == (1 if EXPORTS[name] == "packed" else 3) for g in heads)
     names = {i.name for i in model.graph.input}
     data = {k: v for k, v in np.load(TRANSFORMERS / f"{name}_calib.npz").items() if k in names}
@@ -174,4 +176,42 @@ def test_torch_exports(name):
     for a, b in zip(B.run(model, check), B.run(pruned, check)):
         np.testing.assert_array_equal(a, b)
     _, _, kept = assert_masked_equivalent(model, {k: v[:12] for k, v in data.items()}, check, 0.5, mode="layer")
-    assert all(len(kept[g.name]) == 2 for g in heads)
+    assert all(len(kept[g.name]) == units // 2 for g in heads)
+
+
+# -- grouped-query attention: a unit is one K/V head with its query heads -----------------------
+
+def test_gqa_units_are_kv_groups():
+    g = head_group(A.gqa(heads=6, kv=3))
+    assert g.channels == 3 and g.heads.queries_per_unit == 2 and g.heads.num_heads == 6
+    blocks = {s.name: s.layout.block for s in g.sites}
+    q, k, v = (next(p.weight for p in g.producers if p.node == n) for n in "qkv")
+    assert (blocks[q], blocks[k], blocks[v]) == (8, 4, 4)     # Q: 2 query heads x 4 per unit
+    assert g.consumers[0].layout.block == 8
+
+
+@pytest.mark.parametrize("keep", (0.3, 0.6))
+@pytest.mark.parametrize("rotary", (True, False))
+def test_gqa_masked_equivalence(keep, rotary):
+    model = A.gqa(heads=6, kv=3, rotary=rotary)
+    _, _, kept = assert_masked_equivalent(model, inputs(model, 24, 1), inputs(model, 5, 7), keep)
+    assert 0 < len(kept["q"]) < 3
+
+
+def test_gqa_keep_all_and_refit_all():
+    """Keep-all is exact; seq mode with --refit all (which may give K/V a bias before their
+    heads are pruned) gives a valid, close model."""
+    model = A.gqa()
+    data = inputs(model, 32, 1)
+    pruned, _ = prune(model, data, keep=1.0)
+    for a, b in zip(B.run(model, data), B.run(pruned, data)):
+        np.testing.assert_array_equal(a, b)
+    pruned, report = prune(model, data, keep=0.5, mode="seq", refit="all")
+    assert [g["channels_after"] for g in report.groups if g.get("unit") == "head"] == [1]
+    assert B.run(pruned, data)[0].shape == B.run(model, data)[0].shape
+
+
+def test_gqa_repeated_with_tile_is_refused():
+    a = analyze(normalize(A.gqa(repeat="tile")))
+    assert not [g for g in a.groups if g.unit == "head"]
+    assert "Tile" in {s.node: s.reason for s in a.skipped}["k"]

@@ -41,30 +41,35 @@ def size_one_at(idx: GraphIndex, tensor: str, back: int, depth: int = 0) -> bool
             return False
         return size_one_at(idx, node.input[0], back, depth + 1)
     if op == "Expand":
-        return size_one_at(idx, node.input[0], back, depth + 1) and \
-            _entry_at(idx, node.input[1], len(dims) - back, depth + 1) == 1
+        entry = entry_at(idx, node.input[1], len(dims) - back, depth + 1)
+        return size_one_at(idx, node.input[0], back, depth + 1) and entry is not None and entry.value == 1
     return False
 
 
-def _entry_at(idx: GraphIndex, name: str, i: int, depth: int = 0):
-    """Entry i of a small 1-D integer tensor, when it can be proven; else None."""
+def entry_at(idx: GraphIndex, name: str, i: int, depth: int = 0):
+    """Entry i of a small 1-D integer tensor as a Const (with the initializer holding it when
+    there is one), when it can be proven; else None. Follows what torch writes for
+    `expand(...)` targets: Where(Equal(shape, -1), ones, shape) over a Concat."""
     if depth > 12:
         return None
     entries = shape_entries(idx, name)
     if entries is not None:
-        return entries[i].value if i < len(entries) and isinstance(entries[i], Const) else None
+        return entries[i] if i < len(entries) and isinstance(entries[i], Const) else None
     node = idx.producer.get(name)
     if node is None:
         return None
     op = node.op_type
     if op == "Where":
-        a, b = (_entry_at(idx, t, i, depth + 1) for t in node.input[1:3])
-        return a if a is not None and a == b else None
+        cond = _condition(idx, node.input[0], i, depth + 1)
+        return None if cond is None else entry_at(idx, node.input[1 if cond else 2], i, depth + 1)
     if op == "ConstantOfShape":
         value = attr(node, "value", None)
-        return int(np.asarray(_tensor_value(value)).reshape(-1)[0]) if value is not None else 0
+        return Const(int(np.asarray(_tensor_value(value)).reshape(-1)[0]) if value is not None else 0)
+    if op == "Mul":
+        a, b = (entry_at(idx, t, i, depth + 1) if idx.rank(t) == 1 else _scalar(idx, t) for t in node.input)
+        return None if a is None or b is None else Const(a.value * b.value)
     if op in ("Reshape", "Identity", "Cast") and idx.rank(node.input[0]) == 1:
-        return _entry_at(idx, node.input[0], i, depth + 1)
+        return entry_at(idx, node.input[0], i, depth + 1)
     if op == "Concat":
         start = 0
         for part in node.input:
@@ -72,9 +77,23 @@ def _entry_at(idx: GraphIndex, name: str, i: int, depth: int = 0):
             if size is None:
                 return None
             if i < start + size:
-                return _entry_at(idx, part, i - start, depth + 1)
+                return entry_at(idx, part, i - start, depth + 1)
             start += size
     return None
+
+
+def _scalar(idx: GraphIndex, name: str):
+    value = idx.known_value(name)
+    return None if value is None or np.asarray(value).size != 1 else Const(int(np.asarray(value).reshape(-1)[0]))
+
+
+def _condition(idx: GraphIndex, name: str, i: int, depth: int):
+    """Entry i of a boolean Equal of two integer tensors, when both entries are known."""
+    node = idx.producer.get(name)
+    if node is None or node.op_type != "Equal":
+        return None
+    a, b = (entry_at(idx, t, i, depth) for t in node.input)
+    return None if a is None or b is None else a.value == b.value
 
 
 def _tensor_value(t):

@@ -14,31 +14,16 @@ reason. Pure graph work, like the rest of graph/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .groups import AttrSite
+from .headdims import leading_kept, reads_axis
 from .heads import HeadGroup, HeadRefusal, HeadStream
+from .headops import Tag, effect, lcm_of
 from .index import GraphIndex, attr
 from .layout import Layout, Segment
 from .roles import Refusal, consumer, production
-from .headdims import leading_kept, reads_axis, size_one_at
 from .shapes import Const, shape_entries
-
-UNARY = {"IsNaN", "Not", "Cast", "Neg", "Identity", "Dropout", "Exp", "Tanh", "Relu", "Sigmoid", "Sqrt", "Abs", "Erf",
-         "Softplus", "Reciprocal", "Log"}
-BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Clip", "Equal", "Less", "Greater"}
-
-
-@dataclass(frozen=True)
-class Tag:
-    """A tensor carrying heads: `heads` positions on `axis`; head features on `dh` (None once
-    contracted, e.g. the scores); `root` the stream it came from."""
-
-    axis: int
-    rank: int
-    heads: int
-    dh: int | None
-    root: str
 
 
 @dataclass
@@ -58,8 +43,9 @@ class _Block:
 
     nodes: set = field(default_factory=set)
     tensors: list = field(default_factory=list)
-    counts: list = field(default_factory=list)
-    ends: list = field(default_factory=list)      # (merge Reshape node, O Consumer)
+    counts: list = field(default_factory=list)    # (node, Const) head counts, value = units x factor
+    ends: list = field(default_factory=list)      # (O node, merged rank, head positions, head size)
+    group: set = field(default_factory=set)       # (head positions, positions per repeat) seen
     reason: str | None = None
     when: int = 0
 
@@ -188,22 +174,51 @@ class _Flow:
             raise Refusal(f"Reshape '{node.name}' does not split the {channels} channels into heads")
         stream = self.streams[sid]
         stream.heads, stream.head_dim = heads, dh
-        block = self.blocks[sid]
         if eh.value > 0:
-            if eh.initializer is None:
-                raise Refusal(f"Reshape '{node.name}' takes its head count from a computed constant")
-            block.counts.append(AttrSite(node.name, "reshape", (self.unit_layout(sid),), name=eh.initializer,
-                                         index=eh.index, factor=1))
-        block.nodes.add(node.name)
-        self._tag(node.output[0], Tag(rank - 1, rank + 1, heads, rank, sid))
+            self.count(sid, node, eh, "head count")
+        self.blocks[sid].nodes.add(node.name)
+        lead = tuple(self.idx.model_dims.get(data) or (None,) * rank)[:-1]
+        self._tag(node.output[0], Tag(rank - 1, rank + 1, heads, rank, sid, lead + (heads, dh)))
 
-    def unit_layout(self, sid: str, block: int = 1) -> Layout:
-        s = self.streams[sid]
-        return Layout(s.rank - 1, s.rank, (Segment(s.source, 0, s.heads),), block=block)
+    # -- what the op rules (headops.py) report -----------------------------------------------
+    def count(self, root: str, node, const: Const, what: str) -> None:
+        """A constant holding a head count (units x some factor), rewritten after pruning."""
+        if const.initializer is None:
+            raise Refusal(f"{node.op_type} '{node.name}' takes its {what} from a computed constant")
+        self.blocks[self.find(root)].counts.append((node.name, const))
+
+    def role(self, sid: str, role: str) -> None:
+        self.streams[sid].role = self.streams[sid].role or role
+
+    def merge(self, node, t: Tag) -> None:
+        """The Reshape merging [..., H, Dh] into H*Dh features read by the output projection."""
+        data = node.input[0]
+        din = self.idx.shapes.get(data)
+        if t.axis != t.rank - 2 or t.dh != t.rank - 1 or din is None or din[-1] is None:
+            raise Refusal(f"Reshape '{node.name}' reshapes heads other than merging [heads, head_dim] last")
+        dh, width = din[-1], t.heads * din[-1]
+        entries = shape_entries(self.idx, node.input[1])
+        if entries is None or len(entries) != t.rank - 1 or not isinstance(entries[-1], Const):
+            raise Refusal(f"Reshape '{node.name}' merges the heads by a shape onnxprune cannot follow")
+        last = entries[-1]
+        if last.value == width:
+            self.count(t.root, node, last, "merged width")
+        elif not (last.value == -1 and leading_kept(self.idx, data, entries[:-1], attr(node, "allowzero", 0),
+                                                    t.rank - 2)):
+            raise Refusal(f"Reshape '{node.name}' does not merge the heads into {width} features")
+        out = node.output[0]
+        uses = self.idx.uses(out)
+        if len(uses) != 1 or uses[0][0].op_type != "MatMul" or uses[0][1] != 0 or out in self.idx.graph_outputs:
+            raise Refusal(f"the merged heads of Reshape '{node.name}' are not read by one output projection")
+        block = self.blocks[self.find(t.root)]
+        block.ends.append((uses[0][0], t.rank - 1, t.heads, dh))
+        block.nodes.add(node.name)
 
     def _tag(self, tensor: str, tag: Tag) -> None:
         self.tags[tensor] = tag
-        self.blocks[self.find(tag.root)].tensors.append(tensor)
+        block = self.blocks[self.find(tag.root)]
+        block.tensors.append(tensor)
+        block.group.add((tag.heads, tag.group))
 
     def _shape_read(self, node, rank: int, axis: int, what: str) -> None:
         """A Shape of a head-carrying tensor is fine while it never reads `axis`."""
@@ -224,134 +239,10 @@ class _Flow:
             tag = tagged[0]
             self._shape_read(node, tag.rank, tag.axis, "the head count")
             return
-        out = self._effect(node, tagged)
+        out = effect(self, node, tagged)
         self.blocks[root].nodes.add(node.name)
         for tensor, tag in out.items():
             self._tag(tensor, tag)
-
-    def _effect(self, node, tagged: dict) -> dict:
-        """Output tags of `node`, or Refusal."""
-        op, t0 = node.op_type, next(iter(tagged.values()))
-        if op in UNARY:
-            if set(tagged) != {0}:
-                raise Refusal(f"heads enter {op} '{node.name}' as a parameter")
-            return {node.output[0]: t0}
-        if op in BROADCAST:
-            return {node.output[0]: self._broadcast(node, tagged)}
-        if op == "Transpose":
-            perm = list(attr(node, "perm", list(range(t0.rank))[::-1]))
-            return {node.output[0]: replace(t0, axis=perm.index(t0.axis),
-                                            dh=None if t0.dh is None else perm.index(t0.dh))}
-        if op == "Softmax" or op == "LogSoftmax":
-            axis = attr(node, "axis", -1 if self.opset >= 13 else 1)
-            axis = axis + t0.rank if axis < 0 else axis
-            if axis == t0.axis or (self.opset < 13 and axis < t0.axis):
-                raise Refusal(f"{op} '{node.name}' normalises across heads")
-            return {node.output[0]: t0}
-        if op == "MatMul":
-            return {node.output[0]: self._matmul(node, tagged)}
-        if op == "Reshape":
-            return self._reshape(node, tagged)
-        if op in ("Slice", "Split", "Concat"):
-            return self._along_other_axis(node, tagged)
-        raise Refusal(f"heads reach {op} '{node.name}', which onnxprune does not follow for heads")
-
-    def _broadcast(self, node, tagged: dict) -> Tag:
-        """Element-wise: tagged operands align on one head axis; the others broadcast over it."""
-        ranks = [self.idx.rank(t) if i not in tagged else tagged[i].rank for i, t in enumerate(node.input) if t]
-        if any(r is None for r in ranks):
-            raise Refusal(f"{node.op_type} '{node.name}' has an operand of unknown rank")
-        out_rank = max(ranks)
-        axes = {out_rank - t.rank + t.axis for t in tagged.values()}
-        dhs = {None if t.dh is None else out_rank - t.rank + t.dh for t in tagged.values()}
-        heads = {t.heads for t in tagged.values()}
-        if len(axes) != 1 or len(heads) != 1:
-            raise Refusal(f"{node.op_type} '{node.name}' combines heads on different axes")
-        axis = axes.pop()
-        for i, t in enumerate(node.input):
-            if not t or i in tagged:
-                continue
-            if not size_one_at(self.idx, t, out_rank - axis):
-                raise Refusal(f"{node.op_type} '{node.name}' combines the heads with '{t}', which does not "
-                              "broadcast over the head axis")
-        t0 = next(iter(tagged.values()))
-        return Tag(axis, out_rank, t0.heads, dhs.pop() if len(dhs) == 1 else None, t0.root)
-
-    def _matmul(self, node, tagged: dict) -> Tag:
-        """A batched MatMul of two head-carrying tensors on the same head axis."""
-        if set(tagged) != {0, 1}:
-            raise Refusal(f"MatMul '{node.name}' multiplies heads with a tensor that has none")
-        a, b = tagged[0], tagged[1]
-        r = a.rank
-        if b.rank != r or a.axis != b.axis or a.axis >= r - 2 or a.heads != b.heads:
-            raise Refusal(f"MatMul '{node.name}' mixes heads (they are not one batch axis of both operands)")
-        if b.dh == r - 1:
-            self.streams[b.root].role = self.streams[b.root].role or "v"
-            dh = r - 1
-        else:
-            if a.dh == r - 1 and b.dh == r - 2:
-                self.streams[a.root].role = self.streams[a.root].role or "q"
-                self.streams[b.root].role = self.streams[b.root].role or "k"
-            dh = r - 2 if a.dh == r - 2 else None
-        return Tag(a.axis, r, a.heads, dh, b.root if b.dh == r - 1 else a.root)
-
-    def _along_other_axis(self, node, tagged: dict) -> dict:
-        op, t0 = node.op_type, next(iter(tagged.values()))
-        if op == "Concat":
-            axis = attr(node, "axis")
-            if len(tagged) != len([t for t in node.input if t]) or \
-                    len({(t.axis, t.rank, t.heads) for t in tagged.values()}) != 1:
-                raise Refusal(f"Concat '{node.name}' joins heads with a tensor that has none")
-        elif op == "Split":
-            axis = attr(node, "axis", 0)
-            if set(tagged) != {0}:
-                raise Refusal(f"Split '{node.name}' takes heads as its sizes")
-        else:
-            if set(tagged) != {0}:
-                raise Refusal(f"Slice '{node.name}' takes heads as a parameter")
-            axes = self.idx.known_value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-            if axes is None:
-                raise Refusal(f"Slice '{node.name}' may cut the head axis (no constant axes)")
-            axes = [int(a) + t0.rank if int(a) < 0 else int(a) for a in axes.reshape(-1)]
-            if t0.axis in axes:
-                raise Refusal(f"Slice '{node.name}' cuts the head axis")
-            return {node.output[0]: t0}
-        axis = axis + t0.rank if axis < 0 else axis
-        if axis == t0.axis:
-            raise Refusal(f"{op} '{node.name}' cuts or joins the head axis")
-        return {o: t0 for o in node.output if o}
-
-    def _reshape(self, node, tagged: dict) -> dict:
-        """The merge of [..., H, Dh] into H*Dh features, read by the output projection."""
-        if set(tagged) != {0}:
-            raise Refusal(f"Reshape '{node.name}' takes heads as its shape")
-        t = tagged[0]
-        data = node.input[0]
-        din = self.idx.shapes.get(data)
-        if t.axis != t.rank - 2 or t.dh != t.rank - 1 or din is None or din[-1] is None:
-            raise Refusal(f"Reshape '{node.name}' reshapes heads other than merging [heads, head_dim] last")
-        dh, width = din[-1], t.heads * din[-1]
-        entries = shape_entries(self.idx, node.input[1])
-        if entries is None or len(entries) != t.rank - 1 or not isinstance(entries[-1], Const):
-            raise Refusal(f"Reshape '{node.name}' merges the heads by a shape onnxprune cannot follow")
-        last = entries[-1]
-        root = self.find(t.root)
-        block = self.blocks[root]
-        if last.value == width:
-            if last.initializer is None:
-                raise Refusal(f"Reshape '{node.name}' takes its merged width from a computed constant")
-            block.counts.append(AttrSite(node.name, "reshape", (self.unit_layout(t.root),), name=last.initializer,
-                                         index=last.index, factor=dh))
-        elif not (last.value == -1 and leading_kept(self.idx, data, entries[:-1], attr(node, "allowzero", 0), t.rank - 2)):
-            raise Refusal(f"Reshape '{node.name}' does not merge the heads into {width} features")
-        out = node.output[0]
-        uses = self.idx.uses(out)
-        if len(uses) != 1 or uses[0][0].op_type != "MatMul" or uses[0][1] != 0 or out in self.idx.graph_outputs:
-            raise Refusal(f"the merged heads of Reshape '{node.name}' are not read by one output projection")
-        layout = Layout(t.rank - 2, t.rank - 1, (Segment(self.streams[t.root].source, 0, t.heads),), block=dh)
-        block.ends.append((node.name, consumer(self.idx, uses[0][0], 0, layout)))
-        block.nodes.add(node.name)
-        return {}
 
     # -- blocks ----------------------------------------------------------------------------
     def _results(self) -> list:
@@ -359,47 +250,70 @@ class _Flow:
         for sid in self.streams:
             members.setdefault(self.find(sid), []).append(sid)
         out = []
-        for root, sids in members.items():
+        for sids in members.values():
             parts = [self.blocks[s] for s in sids]
             found = sorted((b.when, b.reason) for b in parts if b.reason)
-            reason = found[0][1] if found else None
-            ends = [e for b in parts for e in b.ends]
-            if reason is None and len(sids) < 2:
-                reason = "the heads are never multiplied with another projection's heads"
-            if reason is None and len(ends) != 1:
-                reason = "the heads reach no output projection" if not ends else "the heads reach several outputs"
-            heads = {self.streams[s].heads for s in sids}
-            if reason is None and len(heads) != 1:
-                reason = f"the projections have different head counts {sorted(heads)}"
-            for source, (_, pieces) in self.packed.items():
-                inside = sum(p in sids for p in pieces)
-                if reason is None and 0 < inside < len(pieces):
-                    reason = f"the pieces of packed projection '{source}' feed different attention blocks"
-                if reason is None and inside and len({self.streams[p].head_dim for p in pieces}) != 1:
-                    reason = f"the pieces of packed projection '{source}' have different head sizes"
+            reason = found[0][1] if found else self._check(sids, parts)
             producers = tuple(dict.fromkeys(self.streams[s].producer.node for s in sids))
-            if reason is not None:
+            if isinstance(reason, str):
                 out.append(HeadRefusal(producers, reason))
                 continue
-            out.append(self._group(sids, parts, ends[0][1]))
+            try:
+                out.append(self._group(sids, parts, reason))
+            except Refusal as why:
+                out.append(HeadRefusal(producers, str(why)))
         return out
 
-    def _group(self, sids, parts, o) -> HeadGroup:
-        streams, counts = [], [c for b in parts for c in b.counts]
-        for source in dict.fromkeys(self.streams[s].source for s in sids):
-            own = [self.streams[s] for s in sids if self.streams[s].source == source]
+    def _check(self, sids, parts):
+        """The number of units of a coupled block, or why it is refused.
+
+        Units are the largest split of the head axis that every tensor of the block agrees
+        on: each stream's heads and each repeated K/V head stay whole inside one unit."""
+        ends = [e for b in parts for e in b.ends]
+        if len(sids) < 2:
+            return "the heads are never multiplied with another projection's heads"
+        if len(ends) != 1:
+            return "the heads reach no output projection" if not ends else "the heads reach several outputs"
+        for source, (_, pieces) in self.packed.items():
+            inside = [p for p in pieces if p in sids]
+            if inside and len(inside) < len(pieces):
+                return f"the pieces of packed projection '{source}' feed different attention blocks"
+            if inside and len({(self.streams[p].heads, self.streams[p].head_dim) for p in pieces}) != 1:
+                return f"the pieces of packed projection '{source}' have different head counts or sizes"
+        seen = set().union(*(b.group for b in parts)) | {(self.streams[s].heads, 1) for s in sids}
+        units = min(p // g for p, g in seen)
+        if any(p % units or (p // units) % g for p, g in seen):
+            return "the heads of the projections do not line up in whole groups"
+        values = [c.value for b in parts for _, c in b.counts]
+        if any(v % units for v in values):
+            return "a head count in the graph is not a multiple of the attention units"
+        return units
+
+    def _group(self, sids, parts, units: int) -> HeadGroup:
+        o_node, o_rank, positions, dh = next(e for b in parts for e in b.ends)
+        streams, counts, sources = [], [], {}
+        for s in sids:
+            sources.setdefault(self.streams[s].source, []).append(self.streams[s])
+        unit = lambda source, block=1: Layout(0, 1, (Segment(source, 0, units),), block=block)  # noqa: E731
+        for source, own in sources.items():
             own.sort(key=lambda st: st.piece)
-            dh = own[0].head_dim
-            layout = Layout(own[0].rank - 1, own[0].rank, tuple(Segment(source, 0, st.heads) for st in own), block=dh)
-            role = own[0].role or "qkv"[len(streams) % 3] if len(own) == 1 else "".join(st.role for st in own)
-            streams.append(HeadStream(role, own[0].producer, layout, dh))
+            width = own[0].heads // units * own[0].head_dim
+            layout = Layout(own[0].rank - 1, own[0].rank, tuple(Segment(source, 0, units) for _ in own), block=width)
+            role = "".join(st.role for st in own) if len(own) > 1 else own[0].role or "?"
+            streams.append(HeadStream(role, own[0].producer, layout, own[0].head_dim))
             if source in self.packed:
                 split = self.packed[source][0]
-                counts.append(AttrSite(split.name, "split", tuple(self.unit_layout(s, self.streams[s].head_dim)
-                                                                  for s in self.packed[source][1]),
+                counts.append(AttrSite(split.name, "split", tuple(unit(source, width) for _ in own),
                                        name=split.input[1] if len(split.input) > 1 and split.input[1] else None))
+        v = next((st.source for st in self.streams.values() if st.role == "v" and st.source in sources),
+                 next(iter(sources)))
+        for node, c in (x for b in parts for x in b.counts):
+            counts.append(AttrSite(node, "reshape", (unit(v),), name=c.initializer, index=c.index,
+                                   factor=c.value // units))
+        o = consumer(self.idx, o_node, 0, Layout(o_rank - 1, o_rank, (Segment(v, 0, units),),
+                                                 block=positions // units * dh))
         order = self.idx.order.__getitem__
         nodes = sorted({n for b in parts for n in b.nodes}, key=order)
-        return HeadGroup(units=next(iter({self.streams[s].heads for s in sids})), head_dim=o.layout.block,
-                         queries_per_unit=1, streams=tuple(streams), output=o, counts=tuple(counts),
-                         nodes=tuple(nodes), tensors=tuple(t for b in parts for t in b.tensors))
+        return HeadGroup(units=units, head_dim=dh, queries_per_unit=positions // units, streams=tuple(streams),
+                         output=o, counts=tuple(counts), nodes=tuple(nodes),
+                         tensors=tuple(t for b in parts for t in b.tensors))

@@ -63,7 +63,8 @@ GROUPS = {
     "gpt2_tiny": {"/h.0/c_fc/MatMul": 64, "/h.1/c_fc/MatMul": 64, "/h.0/attn/c_attn/MatMul": 4,
                   "/h.1/attn/c_attn/MatMul": 4},
     "gpt2_tiny_fused": {"/h.0/attn/c_attn/MatMul": 4},
-    "llama_tiny": {"/layers.0/gate_proj/MatMul": 64, "/layers.1/gate_proj/MatMul": 64},
+    "llama_tiny": {"/layers.0/gate_proj/MatMul": 64, "/layers.1/gate_proj/MatMul": 64,
+                   "/layers.0/self_attn/q_proj/MatMul": 2, "/layers.1/self_attn/q_proj/MatMul": 2},   # KV groups
     "sdpa_encoder": {"/layers.0/fc1/MatMul": 64, "/layers.1/fc1/MatMul": 64, "/layers.0/q/MatMul": 4,
                      "/layers.1/q/MatMul": 4},
     "sdpa_attention23": {"node_MatMul_61": 64, "node_MatMul_96": 64},

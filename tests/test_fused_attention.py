@@ -163,20 +163,25 @@ def test_fused_fixture_masked_equivalence(name):
     assert all(len(kept[g]) < FIXTURES[name][g][1] for g in FIXTURES[name])
 
 
-def test_fused_and_unfused_bert_keep_the_same_heads():
-    """The optimizer's Attention / MultiHeadAttention compute what the export computes: layer-mode
-    greedy on the same data picks the same heads in all three."""
+def test_fused_and_unfused_bert_prune_alike():
+    """The optimizer's Attention / MultiHeadAttention compute what the export computes: half the
+    heads pruned with the refit of O pick the same heads and give the same outputs on held-out
+    samples in all three (the export's FFN groups held whole by --ffn-keep 1)."""
     data, _ = arrays("bert_hf")
-    data = {k: v[:16] for k, v in data.items()}
+    calib, check = {k: v[:24] for k, v in data.items()}, {k: v[24:] for k, v in data.items()}
     query = [f"/layers.{i}/attention/query/MatMul" for i in (0, 1)]
-    picks = []
-    for name, heads in (("bert_hf", query), ("bert_hf_attention", ["Attention_0", "Attention_1"]),
-                        ("bert_hf_mha", query)):
-        _, report = prune(load_model(HERE / f"{name}.onnx"), data, keep=0.5, reweight=False, mode="layer")
+    picks, outputs = [], []
+    for name, heads, budget in (("bert_hf", query, dict(heads_keep=0.5, ffn_keep=1.0)),
+                                ("bert_hf_attention", ["Attention_0", "Attention_1"], dict(keep=0.5)),
+                                ("bert_hf_mha", query, dict(keep=0.5))):
+        pruned, report = prune(load_model(HERE / f"{name}.onnx"), calib, refit="consumers", **budget)
         kept = {g["name"]: g["kept"] for g in report.groups}
         picks.append([kept[h] for h in heads])
+        outputs.append(B.run(pruned, check)[0])
     assert picks[0] == picks[1] == picks[2]
     assert [len(k) for k in picks[0]] == [2, 2]
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["weight-norm", "random"])

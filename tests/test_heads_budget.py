@@ -118,3 +118,17 @@ def test_cli_report_lists_heads(tmp_path):
     assert [(g["channels_after"], g["head_dim"]) for g in heads] == [(2, 8), (2, 8)]
     assert doc["budget"]["heads_keep"] == 0.5 and doc["budget"]["ffn_keep"] == 0.5
     assert float_param_count(onnx.load(out)) == doc["params_after"]
+
+
+def test_flops_of_a_model_whose_output_keeps_symbolic_dims():
+    """A MatMul writing a model output declared [batch, seq, V] is counted from its inputs."""
+    import builders as B
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", "T", 6])
+    y = b.node("MatMul", [x, b.const(b.randn(6, 5))], name="head")
+    b.nodes[-1].output[0] = "logits"
+    b.outputs.append(onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", "T", 5]))
+    model = onnx.helper.make_model(onnx.helper.make_graph(b.nodes, "t", b.inputs, b.outputs, b.inits),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    assert y and model_flops(model) is None
+    assert flops_for_samples(model, None, {"x": (7, 6)}) == 2 * 7 * 6 * 5

@@ -38,6 +38,16 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
     return 2 * total
 
 
+def _matmul_dims(a, b):
+    """MatMul's output dims from its inputs' (a model output may keep unknown declared dims)."""
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    batch_a, batch_b = list(a[:-2]), list(b[:-2])
+    n = max(len(batch_a), len(batch_b))
+    batch_a, batch_b = [1] * (n - len(batch_a)) + batch_a, [1] * (n - len(batch_b)) + batch_b
+    return [max(x, y) for x, y in zip(batch_a, batch_b)] + [a[-2], b[-1]]
+
+
 def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None:
     """An index of `model` whose inputs have the calibration samples' dims (the batch stays
     symbolic), for counting FLOPs of a model with a dynamic sequence length or image size;
@@ -54,7 +64,15 @@ def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None
             if not d.HasField("dim_value"):
                 d.dim_value = int(n)
                 changed = True
-    return GraphIndex.build(out) if changed else None
+    if not changed:
+        return None
+    del out.graph.value_info[:]          # shapes inferred before (symbolic) would stay as they were
+    for vi in out.graph.output:          # ... and so would the outputs' declared symbolic dims
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    d.ClearField("dim_param")
+    return GraphIndex.build(out)
 
 
 def flops_for_samples(model: onnx.ModelProto, index: GraphIndex | None, sample_dims: dict | None) -> int | None:
@@ -70,6 +88,8 @@ def _macs(idx: GraphIndex, node) -> int | None:
     out = idx.dims(node.output[0], batch=1)
     a = idx.dims(node.input[0], batch=1)
     b = idx.dims(node.input[1], batch=1)
+    if out is None and node.op_type == "MatMul":
+        out = _matmul_dims(a, b)
     if out is None or a is None or b is None:
         return None
     if node.op_type == "Conv":

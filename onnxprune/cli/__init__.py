@@ -73,7 +73,10 @@ def analyze(model, exclude, as_json):
     for g in result.groups:
         producers = ", ".join(p.node for p in g.producers)
         consumers = ", ".join(f"{c.node} (block {c.block})" for c in g.consumers)
-        click.echo(f"  {g.name}: {g.channels} channels of {producers} -> {consumers}")
+        unit = "channels" if g.heads is None else (
+            f"heads of {g.heads.head_dim}" if g.heads.queries_per_unit == 1 else
+            f"K/V groups ({g.heads.queries_per_unit} query heads of {g.heads.head_dim} each)")
+        click.echo(f"  {g.name}: {g.channels} {unit} of {producers} -> {consumers}")
         if g.passthrough:
             click.echo(f"      through {', '.join(g.passthrough)}")
     for s in result.skipped:

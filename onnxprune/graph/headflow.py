@@ -112,7 +112,8 @@ class _Flow:
             return
         split = self._packed_split(out, rank)
         pieces = list(split.output) if split is not None else [out]
-        if not any(n.op_type == "Reshape" and i == 0 for t in pieces for n, i in self.idx.uses(t)):
+        if not any(n.op_type == "Reshape" and i == 0 and self.head_split(n, t) is not None
+                   for t in pieces for n, i in self.idx.uses(t)):
             return
         sids = [node.name] if split is None else [f"{node.name}#{i}" for i in range(len(pieces))]
         for i, sid in enumerate(sids):
@@ -150,28 +151,37 @@ class _Flow:
             elif split is not None and node is split and i == 0:
                 continue
             elif sid is not None and node.op_type == "Reshape" and i == 0:
-                self._split(sid, node, out, self.idx.shapes[out][-1])
+                self._split(sid, node, out)
             else:
                 raise Refusal(f"the projection output '{out}' is also read by {node.op_type} '{node.name}'")
 
-    def _split(self, sid: str, node, data: str, channels: int) -> None:
+    def head_split(self, node, data: str):
+        """(heads, head size, head-count entry) when Reshape `node` splits the last axis of
+        `data` into [..., H, Dh], else None: only such a split starts a stream (any other
+        Reshape keeps the channel analysis's own reason)."""
         din = self.idx.shapes.get(data)
         entries = shape_entries(self.idx, node.input[1])
-        rank = len(din) if din else 0
-        if entries is None or not din or len(entries) != rank + 1:
-            raise Refusal(f"Reshape '{node.name}' splits the channels by a shape onnxprune cannot follow")
+        if entries is None or not din or din[-1] is None or len(entries) != len(din) + 1:
+            return None
+        channels, rank = din[-1], len(din)
         eh, ed = entries[-2:]
         if not (isinstance(eh, Const) and isinstance(ed, Const)):
-            raise Refusal(f"Reshape '{node.name}' reads its head count or head size from a shape")
-        allowzero = attr(node, "allowzero", 0)
+            return None
+        lead = lambda: leading_kept(self.idx, data, entries[:-2], attr(node, "allowzero", 0), rank - 1)  # noqa: E731
         if eh.value > 0 and ed.value > 0 and eh.value * ed.value == channels:
-            heads, dh = eh.value, ed.value
-        elif eh.value == -1 and ed.value > 0 and channels % ed.value == 0 and leading_kept(self.idx, data, entries[:-2], allowzero, rank - 1):
-            heads, dh = channels // ed.value, ed.value
-        elif ed.value == -1 and eh.value > 0 and channels % eh.value == 0 and leading_kept(self.idx, data, entries[:-2], allowzero, rank - 1):
-            heads, dh = eh.value, channels // eh.value
-        else:
-            raise Refusal(f"Reshape '{node.name}' does not split the {channels} channels into heads")
+            return eh.value, ed.value, eh
+        if eh.value == -1 and ed.value > 0 and channels % ed.value == 0 and lead():
+            return channels // ed.value, ed.value, eh
+        if ed.value == -1 and eh.value > 0 and channels % eh.value == 0 and lead():
+            return eh.value, channels // eh.value, eh
+        return None
+
+    def _split(self, sid: str, node, data: str) -> None:
+        found = self.head_split(node, data)
+        if found is None:
+            raise Refusal(f"Reshape '{node.name}' does not split the channels into heads")
+        heads, dh, eh = found
+        rank = len(self.idx.shapes[data])
         stream = self.streams[sid]
         stream.heads, stream.head_dim = heads, dh
         if eh.value > 0:
@@ -256,13 +266,20 @@ class _Flow:
             reason = found[0][1] if found else self._check(sids, parts)
             producers = tuple(dict.fromkeys(self.streams[s].producer.node for s in sids))
             if isinstance(reason, str):
-                out.append(HeadRefusal(producers, reason))
+                out.append(HeadRefusal(producers, reason, lone=self._lone(sids)))
                 continue
             try:
                 out.append(self._group(sids, parts, reason))
             except Refusal as why:
                 out.append(HeadRefusal(producers, str(why)))
         return out
+
+    def _lone(self, sids) -> bool:
+        """Whether these projections look like no attention: no other stream's projection reads
+        their input (Q, K and V of one block read the same hidden state)."""
+        inputs = {self.idx.nodes[self.streams[s].producer.node].input[0] for s in sids}
+        others = {self.idx.nodes[st.producer.node].input[0] for sid, st in self.streams.items() if sid not in sids}
+        return len(sids) == 1 and not inputs & others
 
     def _check(self, sids, parts):
         """The number of units of a coupled block, or why it is refused.

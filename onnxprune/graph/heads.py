@@ -106,6 +106,7 @@ class HeadRefusal:
 
     producers: tuple        # producer node names
     reason: str
+    lone: bool = False      # one projection meeting no other: the channel analysis's reason stays first
 
 
 def _bias_axis(idx: GraphIndex, site: ParamSite) -> ParamSite:

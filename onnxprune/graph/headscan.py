@@ -34,7 +34,9 @@ def attach_heads(analysis: Analysis, idx: GraphIndex, opset: int, exclude: set) 
                 for node in found.producers:
                     reason = f"attention heads: {found.reason}"
                     if node in skipped and node not in exclude:
-                        skipped[node] = replace(skipped[node], reason=reason)
+                        old = skipped[node].reason
+                        why = f"{old}; as attention heads: {found.reason}" if found.lone else reason
+                        skipped[node] = replace(skipped[node], reason=why)
                     elif node not in grouped and node not in exclude and not is_matmul_like(idx.nodes[node]):
                         skipped[node] = Skipped(node, idx.nodes[node].op_type, reason)    # a fused op
                 continue

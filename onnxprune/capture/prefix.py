@@ -120,12 +120,20 @@ def region_model(model: onnx.ModelProto, idx: GraphIndex, outputs: list, availab
     for n in nodes:
         used |= idx.outer_reads.get(n.name, set())
     ins = [_value_info(idx, t) for t in sorted(inputs)]
-    outs = [helper.make_tensor_value_info(t, idx.elem_types[t], None) for t in outputs]
+    outs = [_output_info(idx, t) for t in outputs]
     graph = helper.make_graph(nodes, g.name or "region", ins, outs)
     for t in g.initializer:     # add().CopyFrom, not extend: works for tensors over 2 GB too
         if t.name in used:
             graph.initializer.add().CopyFrom(t)
     return with_graph(model, graph), sorted(inputs)
+
+
+def _output_info(idx: GraphIndex, name: str) -> onnx.ValueInfoProto:
+    """An output's type when known; a bare name otherwise (the outputs of com.microsoft ops,
+    which ONNX shape inference does not type: onnxruntime types them itself)."""
+    if name in idx.elem_types:
+        return helper.make_tensor_value_info(name, idx.elem_types[name], None)
+    return onnx.ValueInfoProto(name=name)
 
 
 def _value_info(idx: GraphIndex, name: str):

@@ -33,8 +33,9 @@ class AttrSite:
     kind 'conv_group': node's `group` = positions of layouts[0];
     kind 'split': node's split sizes = positions x block of each output layout;
     kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor;
-    kind 'num_heads': node's `num_heads` attribute = positions of layouts[0] x factor (a fused
-    attention op, see heads.py);
+    kind 'num_heads' / 'kv_num_heads' / 'q_num_heads': the node's attribute of that name =
+    positions of layouts[0] x factor (a fused attention op, see fused_attention.py);
+    kind 'qkv_hidden_sizes': the node's attribute = positions x factor of each layout;
     kind 'pad': a Pad of zeros on the channel axis: `values` are its original pads (attribute,
     or input `name` when given), entries `index` and `index + factor` (before, after on the
     channel axis) = positions of layouts[0] and layouts[1].

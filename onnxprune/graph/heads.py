@@ -71,6 +71,7 @@ class HeadGroup:
     nodes: tuple = ()           # nodes between the streams and O (topological order)
     tensors: tuple = ()         # tensors carrying the heads
     pattern: str = "unfused"
+    sites: tuple = ()           # ParamSites outside the streams (a fused op's packed Q/K/V bias)
 
     @property
     def num_heads(self) -> int:
@@ -81,7 +82,7 @@ class HeadGroup:
         streams = sorted(self.streams, key=lambda s: idx.order[s.producer.node])
         producers = tuple(dict((s.producer.node, s.producer) for s in streams).values())
         names = tuple(p.node for p in producers)
-        sites = tuple(_bias_axis(idx, site) for s in streams for site in s.sites)
+        sites = tuple(_bias_axis(idx, site) for s in streams for site in s.sites) + tuple(self.sites)
         info = HeadInfo(self.num_heads, self.head_dim, self.queries_per_unit, self.pattern,
                         tuple((s.role, s.producer.node) for s in streams))
         return Group(

@@ -21,6 +21,7 @@ from ..io.largemodel import is_large, restore, skeleton, with_graph
 from ..graph.layout import Alive, element_indices
 
 ADDED_BIAS = ".bias"
+HEAD_COUNTS = ("num_heads", "kv_num_heads", "q_num_heads")     # fused attention attributes (graph/fused_attention.py)
 
 
 def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive: Alive) -> onnx.ModelProto:
@@ -125,8 +126,10 @@ def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_ma
 def _write_count(graph, node, site, after: Alive, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
-    elif site.kind == "num_heads":
-        node.attrs["num_heads"] = after.current_positions(site.layouts[0]) * site.factor
+    elif site.kind in HEAD_COUNTS:
+        node.attrs[site.kind] = after.current_positions(site.layouts[0]) * site.factor
+    elif site.kind == "qkv_hidden_sizes":
+        node.attrs["qkv_hidden_sizes"] = [after.current_positions(lay) * site.factor for lay in site.layouts]
     elif site.kind == "split":
         sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
         if site.name is not None or len(node.inputs) > 1:      # (an earlier group may have added one)

@@ -132,9 +132,12 @@ def _matmul_then_reshape(shape, target, tokens=4):
 
 
 def test_head_split_refused():
-    """[N, T, 8] (T dynamic) -> Reshape [0, 0, 2, 4]: attention heads are refused."""
+    """[N, T, 8] (T dynamic) -> Reshape [0, 0, 2, 4] -> MatMul with a weight: not attention
+    (the heads meet no other projection's): the split's reason, then the head detector's."""
     model = _matmul_then_reshape(4, [0, 0, 2, 4], tokens="T")
-    assert "splits the channel axis into 2 heads of 4 (attention heads are not pruned)" in _reason(model, "mm1")
+    reason = _reason(model, "mm1")
+    assert "splits the channel axis into 2 heads of 4" in reason
+    assert "as attention heads: MatMul 'mm2' multiplies heads with a tensor that has none" in reason
 
 
 def test_batch_mixing_refused():

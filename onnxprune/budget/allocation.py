@@ -22,7 +22,7 @@ import numpy as np
 
 from .cost import flops_after, params_after
 from ..errors import OnnxPruneError
-from .flops import model_flops
+from .flops import model_flops, sample_index
 from ..graph.index import GraphIndex, float_param_count
 
 ALLOCATIONS = ("uniform", "error")
@@ -33,10 +33,39 @@ TOLERANCE = 1e-12
 @dataclass(frozen=True)
 class Rules:
     """Which kept counts are allowed: at least `min_channels`, multiples of `round_to`
-    (keeping every channel is always allowed, so small groups may stay whole)."""
+    (keeping every channel is always allowed, so small groups may stay whole).
+
+    Groups of attention heads (Group.unit 'head') follow `min_heads` instead (no rounding);
+    `heads_keep` / `ffn_keep` fix every head group / every other group at that fraction
+    (`--heads-keep`, `--ffn-keep`): their only allowed count is the nearest one, so every
+    allocation below spends the budget on the groups left free. Ask per group: `allowed`,
+    `nearest_for`."""
 
     min_channels: int = 1
     round_to: int = 1
+    min_heads: int = 1
+    heads_keep: float | None = None
+    ffn_keep: float | None = None
+
+    def base(self, group) -> "Rules":
+        """The plain rules of `group`'s kind (min count, rounding), without fixed fractions."""
+        if getattr(group, "unit", "channel") == "head":
+            return Rules(self.min_heads, 1)
+        return Rules(self.min_channels, self.round_to)
+
+    def fixed(self, group) -> float | None:
+        return self.heads_keep if getattr(group, "unit", "channel") == "head" else self.ffn_keep
+
+    def allowed(self, group) -> np.ndarray:
+        """Allowed kept counts of `group`, ascending."""
+        base, frac = self.base(group), self.fixed(group)
+        if frac is not None:
+            return np.array([base.nearest(group.channels, frac * group.channels)])
+        return base.choices(group.channels)
+
+    def nearest_for(self, group, value: float) -> int:
+        c = self.allowed(group)
+        return int(c[np.argmin(np.abs(c - value) - 1e-9 * c)])
 
     def choices(self, channels: int) -> np.ndarray:
         lo = max(1, self.min_channels)
@@ -52,18 +81,24 @@ class Rules:
 
     @property
     def default(self) -> bool:
-        return self.min_channels <= 1 and self.round_to == 1
+        return self.min_channels <= 1 and self.round_to == 1 and self.min_heads <= 1 and \
+            self.heads_keep is None and self.ffn_keep is None
 
 
 class Target:
     """The whole-model ratio (original / pruned) of parameters or FLOPs for a count plan."""
 
-    def __init__(self, idx: GraphIndex, groups, kind: str, adds_bias: bool):
+    def __init__(self, idx: GraphIndex, groups, kind: str, adds_bias: bool, sample_dims: dict | None = None):
+        """`sample_dims` (input -> dims of one calibration sample) fix the dims a model leaves
+        dynamic besides the batch (a sequence length), so that FLOPs can be counted."""
         self.idx, self.groups, self.kind, self.adds_bias = idx, list(groups), kind, adds_bias
         if kind == "params":
             self.before = float_param_count(idx.model)
         else:
             self.before = model_flops(idx.model, idx)
+            static = sample_index(idx.model, sample_dims) if not self.before and sample_dims else None
+            if static is not None:
+                self.idx, self.before = static, model_flops(static.model, static)
             if not self.before:
                 raise OnnxPruneError("--target flops needs static shapes (besides the batch); this model's FLOPs "
                                      "cannot be counted, use --target params")
@@ -83,7 +118,7 @@ class Target:
 
 def keep_counts(groups, keep: float, rules: Rules) -> dict:
     """The allowed count nearest to keep x channels, in every group."""
-    return {g.name: rules.nearest(g.channels, keep * g.channels) for g in groups}
+    return {g.name: rules.nearest_for(g, keep * g.channels) for g in groups}
 
 
 def uniform_counts(target: Target, ratio: float, rules: Rules) -> dict:
@@ -96,7 +131,7 @@ def uniform_counts(target: Target, ratio: float, rules: Rules) -> dict:
     check_reachable(target, ratio, rules)
     breaks = {0.0}
     for g in groups:
-        c = rules.choices(g.channels)
+        c = rules.allowed(g)
         breaks.update(((c[:-1] + c[1:]) / 2 / g.channels).tolist())
     fractions = sorted(breaks)
     best = _last_true(len(fractions), lambda i: target.meets(keep_counts(groups, fractions[i], rules), ratio))
@@ -114,7 +149,7 @@ def error_counts(target: Target, ratio: float, rules: Rules, curves: dict) -> di
     groups = target.groups
     check_reachable(target, ratio, rules)
     errors = {g.name: np.asarray(curves[g.name], dtype=np.float64) for g in groups}
-    choices = {g.name: rules.choices(g.channels) for g in groups}
+    choices = {g.name: rules.allowed(g) for g in groups}
     counts = {g.name: g.channels for g in groups}
     neighbours = _sharing(groups)
     after = target.after(counts)
@@ -162,8 +197,8 @@ def ranking_counts(groups, rules: Rules, scores: dict, keep: float | None = None
         head = dict(zip(*np.unique(ranked[:n], return_counts=True)))
         out = {}
         for g in groups:
-            c = rules.choices(g.channels)
-            out[g.name] = int(c[np.searchsorted(c, head.get(g.name, 0))])   # smallest allowed >= raw
+            c = rules.allowed(g)
+            out[g.name] = int(c[min(np.searchsorted(c, head.get(g.name, 0)), c.size - 1)])   # smallest allowed >= raw
         return out
 
     if keep is not None:
@@ -194,10 +229,11 @@ def fill(target: Target, ratio: float, counts: dict, choices: dict, error) -> di
 def check_reachable(target: Target, ratio: float, rules: Rules) -> None:
     if not target.groups:
         raise OnnxPruneError("nothing to prune: the model has no prunable channel groups (see `onnxprune analyze`)")
-    floor = {g.name: int(rules.choices(g.channels)[0]) for g in target.groups}
+    floor = {g.name: int(rules.allowed(g)[0]) for g in target.groups}
     best = target.ratio(floor)
     if best < ratio * (1 - TOLERANCE):
-        what = "one channel" if rules.default else "its smallest allowed count (--min-channels/--round-to)"
+        what = "one channel" if rules.default else ("its smallest allowed count (--min-channels/--round-to/"
+                                                    "--min-heads/--heads-keep/--ffn-keep)")
         kind = "" if target.kind == "params" else " (FLOPs)"
         raise OnnxPruneError(f"--compression {ratio:g}{kind} is unreachable: pruning every group to {what} "
                              f"gives {best:.3f}x at most")

@@ -64,9 +64,23 @@ def params_after(idx: GraphIndex, groups, counts: dict, adds_bias: bool, before:
 
 def flops_after(idx: GraphIndex, groups, counts: dict) -> int | None:
     """FLOPs (as flops.model_flops counts them) once every group keeps counts[name] channels.
-    Products of two activations keep their original cost (an upper bound); None when the
+    Products of two activations keep their original cost (an upper bound), except inside an
+    attention block, where QK^T and AV shrink with the kept share of heads; None when the
     model's FLOPs cannot be counted (dynamic non-batch dimensions)."""
-    return model_flops(idx.model, idx, planned_dims(idx, groups, counts))
+    return model_flops(idx.model, idx, planned_dims(idx, groups, counts), head_scale(idx, groups, counts))
+
+
+def head_scale(idx: GraphIndex, groups, counts: dict) -> dict:
+    """node -> kept share of heads, for the activation products (QK^T, AV) of head groups."""
+    out = {}
+    for g in groups:
+        if getattr(g, "unit", "channel") != "head":
+            continue
+        for name in g.passthrough:
+            node = idx.nodes.get(name)
+            if node is not None and node.op_type == "MatMul" and not idx.is_constant(node.input[1]):
+                out[name] = counts[g.name] / g.channels
+    return out
 
 
 def _output_axis(c) -> int:

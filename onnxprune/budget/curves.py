@@ -57,7 +57,7 @@ def local_curves(layers: LayerStatistics, rules: Rules, clock, progress=None) ->
     From layer-mode statistics of the original model in every mode: seq/asym statistics
     only exist once the earlier groups are pruned, i.e. after the budget is fixed.
     """
-    names = {g.name for g in layers.groups if len(rules.choices(g.channels)) > 1}
+    names = {g.name for g in layers.groups if len(rules.allowed(g)) > 1}
     layers.layer_capture([g for g in layers.groups if g.name in names], None, clock, progress)
     alive, curves = Alive(), {}
     for g in layers.groups:
@@ -87,7 +87,7 @@ def output_curves(groups, local: dict, rules: Rules, probe: GroupProbe, progress
         if progress:
             progress("output error per group", i, len(groups))
         ratios = []
-        for k in sorted({rules.nearest(g.channels, f * g.channels) for f in GRID} - {g.channels}):
+        for k in sorted({rules.nearest_for(g, f * g.channels) for f in GRID} - {g.channels}):
             if local[g.name][k] <= 0:
                 continue
             pruned = probe.outputs(probe.prune_alone(g.name, k))

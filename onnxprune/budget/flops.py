@@ -1,7 +1,9 @@
 """FLOPs of the matrix-multiply layers (Conv, ConvTranspose, Gemm, MatMul) for one sample.
 
 FLOPs = 2 x multiply-accumulates. Symbolic batch dimensions count as 1; any other unknown
-dimension makes the total unknown (None) rather than a guess.
+dimension makes the total unknown (None) rather than a guess. A sequence length (or image
+size) left dynamic in the model is taken from the calibration samples (`sample_index`):
+attention's QK^T and AV products grow with it.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import onnx
 from ..graph.index import GraphIndex, attr
 
 
-def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None) -> int | None:
+def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None,
+                scale: dict | None = None) -> int | None:
     """FLOPs for one sample; `weight_dims` (initializer -> new shape) counts a planned pruning:
     a layer with a constant weight does (output positions) x (weight elements) MACs, and
-    pruning changes only the weight's size."""
+    pruning changes only the weight's size. `scale` (node -> factor) scales products of two
+    activations, e.g. an attention block's QK^T by its kept share of heads."""
     idx = index or GraphIndex.build(model)
-    weight_dims = weight_dims or {}
+    weight_dims, scale = weight_dims or {}, scale or {}
     total = 0
     for node in idx.topo_nodes():
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
@@ -28,14 +32,64 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
         weight = node.input[1]
         if weight in weight_dims:
             macs = macs // math.prod(idx.shapes[weight]) * math.prod(weight_dims[weight])
+        elif node.name in scale:
+            macs = int(round(macs * scale[node.name]))
         total += macs
     return 2 * total
+
+
+def _matmul_dims(a, b):
+    """MatMul's output dims from its inputs' (a model output may keep unknown declared dims)."""
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    batch_a, batch_b = list(a[:-2]), list(b[:-2])
+    n = max(len(batch_a), len(batch_b))
+    batch_a, batch_b = [1] * (n - len(batch_a)) + batch_a, [1] * (n - len(batch_b)) + batch_b
+    return [max(x, y) for x, y in zip(batch_a, batch_b)] + [a[-2], b[-1]]
+
+
+def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None:
+    """An index of `model` whose inputs have the calibration samples' dims (the batch stays
+    symbolic), for counting FLOPs of a model with a dynamic sequence length or image size;
+    None when nothing is dynamic besides the batch or no sample dims fit."""
+    changed = False
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        dims = sample_dims.get(vi.name)
+        shape = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if dims is None or len(shape) != len(dims) + 1:
+            continue
+        for d, n in zip(list(shape)[1:], dims):
+            if not d.HasField("dim_value"):
+                d.dim_value = int(n)
+                changed = True
+    if not changed:
+        return None
+    del out.graph.value_info[:]          # shapes inferred before (symbolic) would stay as they were
+    for vi in out.graph.output:          # ... and so would the outputs' declared symbolic dims
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    d.ClearField("dim_param")
+    return GraphIndex.build(out)
+
+
+def flops_for_samples(model: onnx.ModelProto, index: GraphIndex | None, sample_dims: dict | None) -> int | None:
+    """model_flops, with dynamic non-batch dims taken from the samples when needed."""
+    flops = model_flops(model, index)
+    if flops is None and sample_dims:
+        static = sample_index(model, sample_dims)
+        flops = model_flops(static.model, static) if static is not None else None
+    return flops
 
 
 def _macs(idx: GraphIndex, node) -> int | None:
     out = idx.dims(node.output[0], batch=1)
     a = idx.dims(node.input[0], batch=1)
     b = idx.dims(node.input[1], batch=1)
+    if out is None and node.op_type == "MatMul":
+        out = _matmul_dims(a, b)
     if out is None or a is None or b is None:
         return None
     if node.op_type == "Conv":

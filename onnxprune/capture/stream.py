@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+from onnx import helper
 
 from . import runtime
 from ..io.calib import Calibration
@@ -43,7 +44,7 @@ class Stream:
 
     def prepare(self, model: onnx.ModelProto, outputs: list, save: set) -> None:
         structure = GraphIndex.build(model, infer=False)
-        structure.elem_types, structure.model_dims = self.types.elem_types, self.types.model_dims
+        structure.elem_types, structure.model_dims = self._stored_types(), self.types.model_dims
         save = set(save) if self.enabled else set()
         self._new = sorted(save - self.available)
         self._save = save
@@ -52,6 +53,14 @@ class Stream:
         sub, self._inputs = region_model(model, structure, fetch, self.available)
         self._fetch = fetch
         self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture")
+
+    def _stored_types(self) -> dict:
+        """Element types, with those of saved tensors shape inference could not type (the
+        outputs of com.microsoft ops) taken from the values stored."""
+        types = dict(self.types.elem_types)
+        for name, (dtype, _, _) in self.store.meta.items():
+            types.setdefault(name, helper.np_dtype_to_tensor_dtype(dtype))
+        return types
 
     def run_batch(self, start: int, feeds: dict) -> dict:
         count = next(iter(feeds.values())).shape[0]

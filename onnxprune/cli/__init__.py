@@ -78,7 +78,10 @@ def analyze(model, exclude, as_json):
     for g in result.groups:
         producers = ", ".join(p.node for p in g.producers)
         consumers = ", ".join(f"{c.node} (block {c.block})" for c in g.consumers)
-        click.echo(f"  {g.name}: {g.channels} channels of {producers} -> {consumers}")
+        unit = "channels" if g.heads is None else (
+            f"heads of {g.heads.head_dim}" if g.heads.queries_per_unit == 1 else
+            f"K/V groups ({g.heads.queries_per_unit} query heads of {g.heads.head_dim} each)")
+        click.echo(f"  {g.name}: {g.channels} {unit} of {producers} -> {consumers}")
         if g.passthrough:
             click.echo(f"      through {', '.join(g.passthrough)}")
     for s in result.skipped:
@@ -109,6 +112,15 @@ def _method_options(f):
         click.option("--min-channels", type=int, default=1, show_default=True, help="Keep at least N per group."),
         click.option("--round-to", type=int, default=1, show_default=True,
                      help="Kept counts are multiples of K (groups smaller than K stay whole)."),
+        click.option("--min-heads", type=int, default=1, show_default=True,
+                     help="Keep at least N heads in every attention block (head groups ignore --min-channels "
+                          "and --round-to)."),
+        click.option("--heads-keep", type=float, metavar="F",
+                     help="Keep this fraction of the heads in every attention block; --keep/--compression then "
+                          "apply to the other groups (alone: the other groups stay whole)."),
+        click.option("--ffn-keep", type=float, metavar="F",
+                     help="Keep this fraction in every group that is not attention heads (FFN units, channels); "
+                          "--keep/--compression then apply to the heads (alone: the heads stay whole)."),
         click.option("--coreset-beta", type=float, default=1.0, show_default=True,
                      help="coreset: bound on the input norm (cancels out for ReLU-like activations)."),
         click.option("--draw", type=click.Choice(DRAWS), default="systematic", show_default=True,

@@ -20,6 +20,7 @@ from ..errors import OnnxPruneError
 from .index import GraphIndex, attr, opset_version
 from .assemble import assemble
 from .groups import Skipped
+from .headscan import attach_heads
 from .oprules import transfer
 from .pieces import Pieces
 from .roles import Refusal, consumer, depthwise_conv, is_matmul_like, production
@@ -37,7 +38,7 @@ def analyze(model: onnx.ModelProto, exclude: Iterable[str] = (), index: GraphInd
     opset = opset_version(model)
     prop = _Propagation(idx, opset, exclude)
     prop.run()
-    return assemble(prop)
+    return attach_heads(assemble(prop), idx, opset, exclude)
 
 
 class _Propagation:

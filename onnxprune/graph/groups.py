@@ -33,6 +33,9 @@ class AttrSite:
     kind 'conv_group': node's `group` = positions of layouts[0];
     kind 'split': node's split sizes = positions x block of each output layout;
     kind 'reshape': entry `index` of shape constant `name` = positions of layouts[0] x factor;
+    kind 'num_heads' / 'kv_num_heads' / 'q_num_heads': the node's attribute of that name =
+    positions of layouts[0] x factor (a fused attention op, see fused_attention.py);
+    kind 'qkv_hidden_sizes': the node's attribute = positions x factor of each layout;
     kind 'pad': a Pad of zeros on the channel axis: `values` are its original pads (attribute,
     or input `name` when given), entries `index` and `index + factor` (before, after on the
     channel axis) = positions of layouts[0] and layouts[1].
@@ -122,6 +125,23 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class HeadInfo:
+    """What makes a group a group of attention heads (graph/heads.py): its channels are units
+    of `queries_per_unit` query heads of `head_dim` features each."""
+
+    num_heads: int
+    head_dim: int
+    queries_per_unit: int = 1
+    pattern: str = "unfused"
+    streams: tuple = ()          # (role, producer node) per Q/K/V projection
+
+    def to_dict(self) -> dict:
+        return {"num_heads": self.num_heads, "head_dim": self.head_dim,
+                "queries_per_unit": self.queries_per_unit, "pattern": self.pattern,
+                "streams": {node: role for role, node in self.streams}}
+
+
+@dataclass(frozen=True)
 class Group:
     """Channels that are removed together, with every node and parameter that depends on them.
 
@@ -140,6 +160,12 @@ class Group:
     tensors: tuple = ()     # tensors carrying the channels
     position: int = 0       # topological position of the first producer
     outputs: tuple = ()     # (producer node, Layout of its output channels in group coordinates)
+    heads: HeadInfo | None = None   # set when the channels are attention heads (graph/heads.py)
+
+    @property
+    def unit(self) -> str:
+        """What one channel of this group is: 'head' (a unit of attention heads) or 'channel'."""
+        return "head" if self.heads is not None else "channel"
 
     def output_layout(self, node: str) -> Layout | None:
         """A producer's output channels as layouts name them (None: not recorded)."""
@@ -165,6 +191,7 @@ class Group:
             "block_sizes": {c.node: c.block for c in self.consumers},
             "params": [p.to_dict() for p in self.params],
             "attributes": [{"node": a.node, "kind": a.kind} for a in self.attr_sites],
+            **({"heads": self.heads.to_dict()} if self.heads is not None else {}),
         }
 
 

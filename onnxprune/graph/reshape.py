@@ -70,14 +70,15 @@ def refuse_head_split(node, layout: Layout, din, entries) -> None:
     are unknown (dynamic sequence length).
 
     Example: MatMul output [N, T, 8] (T dynamic), channels on axis 2, Reshape to [0, 0, 2, 4]
-    -> refused: "splits the channel axis into 2 heads of 4 (attention heads are not pruned)".
+    -> refused: "splits the channel axis into 2 heads of 4". (Attention heads are found and
+    pruned as whole blocks by graph/headflow.py, which then gives its own reason.)
     """
     if entries is None or din is None or layout.axis != len(din) - 1 or din[-1] is None or len(entries) < 2:
         return
     heads, width = entries[-2:]
     if isinstance(heads, Const) and isinstance(width, Const) and heads.value * width.value == din[-1]:
         raise Refusal(f"Reshape '{node.name}' splits the channel axis into {heads.value} heads of "
-                      f"{width.value} (attention heads are not pruned)")
+                      f"{width.value}")
 
 
 def require_followable(node, din, dout) -> None:

@@ -21,6 +21,7 @@ from ..io.largemodel import is_large, restore, skeleton, with_graph
 from ..graph.layout import Alive, element_indices
 
 ADDED_BIAS = ".bias"
+HEAD_COUNTS = ("num_heads", "kv_num_heads", "q_num_heads")     # fused attention attributes (graph/fused_attention.py)
 
 
 def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive: Alive) -> onnx.ModelProto:
@@ -50,10 +51,14 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
             const = tensors[site.name]
             const.values = np.delete(const.values, elems, axis=site.axis)
     site_names = {site.name for site in group.sites}
+    weight_layouts = {site.name: site.layout for site in group.sites}
     for p in group.producers:
         if p.bias not in site_names:
-            _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask,
-                                 group.output_layout(p.node))
+            layout = group.output_layout(p.node)
+            if layout is None and group.heads is not None:       # head blocks: the weight's columns
+                layout = weight_layouts.get(p.weight)
+            _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask, layout,
+                                 heads_of=(p.node,) if group.heads is not None else ())
     for a in group.attr_sites:
         (_write_pad if a.kind == "pad" else _write_count)(graph, nodes[a.node], a, after, taken)
     out = _export_like(graph, model)
@@ -95,27 +100,36 @@ def _write_consumer(graph, node, u, tensors, taken) -> None:
         node.attrs[name] = value
 
 
-def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask, layout=None) -> None:
+def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask, layout=None,
+                         heads_of=()) -> None:
     """Slice a producer bias the analysis did not list as per-channel: one onnxprune added
     earlier, or a scalar bias an earlier refit of this node widened to one value per output.
     `layout`: the producer's output channels as the group names them (part of them may be
-    another group's, see graph/pieces.py)."""
+    another group's, see graph/pieces.py); for a projection of attention heads (`heads_of`),
+    its weight's layout, whose blocks are one unit's columns."""
     from ..graph.layout import Layout, Segment
 
     bias = tensors[producer.bias] if producer.bias is not None else _added_bias(graph, node)
     if layout is None:
         layout = Layout(0, 1, (Segment(producer.node, 0, kept_mask.size),))
     else:
-        layout = Layout(0, 1, layout.segments)
-    if bias is None or np.ndim(bias.values) == 0 or bias.values.shape[-1] != alive.current_positions(layout):
+        keep_block = producer.node in heads_of
+        layout = Layout(0, 1, layout.segments, block=layout.block if keep_block else 1,
+                        interleaved=layout.interleaved and keep_block)
+    total = alive.current_positions(layout)
+    if bias is None or np.ndim(bias.values) == 0 or bias.values.shape[-1] != total * layout.block:
         return
     drop = alive.removal(layout, members, kept_mask)
-    bias.values = np.delete(bias.values, drop, axis=-1)
+    bias.values = np.delete(bias.values, element_indices(drop, layout, total), axis=-1)
 
 
 def _write_count(graph, node, site, after: Alive, taken) -> None:
     if site.kind == "conv_group":
         node.attrs["group"] = after.current_positions(site.layouts[0])
+    elif site.kind in HEAD_COUNTS:
+        node.attrs[site.kind] = after.current_positions(site.layouts[0]) * site.factor
+    elif site.kind == "qkv_hidden_sizes":
+        node.attrs["qkv_hidden_sizes"] = [after.current_positions(lay) * site.factor for lay in site.layouts]
     elif site.kind == "split":
         sizes = np.asarray([after.current_positions(lay) * lay.block for lay in site.layouts], dtype=np.int64)
         if site.name is not None or len(node.inputs) > 1:      # (an earlier group may have added one)
@@ -205,6 +219,8 @@ def _path_to(tensor, name: str, depth: int):
         return None     # a Shape's output derives from no constant: the search stays off the data path
     producer = tensor.inputs[0]
     for slot, inp in enumerate(producer.inputs):
+        if producer.op == "Where" and slot == 0:
+            continue        # torch's expand(): Where(Equal(shape, -1), 1, shape): the values, not the test
         found = _path_to(inp, name, depth + 1)
         if found is not None:
             return found + [(producer, slot)]

@@ -20,7 +20,14 @@ from .session import Session
 
 
 def target(session: Session, opts) -> Target:
-    return Target(session.index, session.groups, opts.target, adds_bias=opts.refits)
+    return Target(session.index, session.groups, opts.target, adds_bias=opts.refits,
+                  sample_dims=sample_dims(session))
+
+
+def sample_dims(session: Session) -> dict | None:
+    """input -> dims of one calibration sample (what a dynamic sequence length is for FLOPs)."""
+    calib = session.calibration
+    return None if calib is None else {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
 
 
 def check_budget(session: Session, opts) -> None:
@@ -34,15 +41,16 @@ def counts(session: Session, cache: LayerCache, opts, clock, progress=None) -> d
     rules, groups, method = opts.rules, session.groups, opts.impl
     if method.ranks_globally:
         scores = {g.name: method.global_scores(g, opts.seed) for g in groups}
-        if opts.keep is not None:
-            return ranking_counts(groups, rules, scores, keep=opts.keep)
+        if opts.keep_fraction is not None:
+            return ranking_counts(groups, rules, scores, keep=opts.keep_fraction)
         return ranking_counts(groups, rules, scores, target=target(session, opts), ratio=opts.compression)
-    if opts.keep is not None:
-        return keep_counts(groups, opts.keep, rules)
+    if opts.keep_fraction is not None:
+        return keep_counts(groups, opts.keep_fraction, rules)
     goal = target(session, opts)
     if opts.allocation == "error":
         check_reachable(goal, opts.compression, rules)
-        curves = cache.curves((opts.min_channels, opts.round_to, opts.ridge),
+        curves = cache.curves((opts.min_channels, opts.round_to, opts.ridge, opts.min_heads, opts.heads_keep,
+                               opts.ffn_keep),
                               lambda: error_curves(session, cache, opts, clock, progress))
         return error_counts(goal, opts.compression, rules, curves)
     return uniform_counts(goal, opts.compression, rules)

@@ -40,6 +40,9 @@ class PruneOptions:
     draw: str = "systematic"
     refit: str | None = None            # consumers | all; None: all in seq/asym with data and reweighting
     metric: str = "auto"                # how outputs are compared: auto | argmax | cosine (run/metrics.py)
+    heads_keep: float | None = None     # fraction of heads kept in every attention block (fixed)
+    ffn_keep: float | None = None       # fraction kept in every other group (FFN units, channels) (fixed)
+    min_heads: int = 1                  # heads kept at least per attention block
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -50,8 +53,18 @@ class PruneOptions:
         return cls(**{k: tuple(v) if k == "exclude" else v for k, v in options.items()})
 
     def validate(self) -> None:
-        if (self.keep is None) == (self.compression is None):
-            raise OnnxPruneError("give exactly one budget: --keep FRACTION or --compression RATIO")
+        if self.keep is not None and self.compression is not None or \
+                self.keep is None and self.compression is None and self.heads_keep is None and self.ffn_keep is None:
+            raise OnnxPruneError("give exactly one budget: --keep FRACTION or --compression RATIO "
+                                 "(or --heads-keep / --ffn-keep alone)")
+        for name, value in (("--heads-keep", self.heads_keep), ("--ffn-keep", self.ffn_keep)):
+            if value is not None and not (0 < value <= 1):
+                raise OnnxPruneError(f"{name} must be in (0, 1], got {value}")
+        if self.min_heads < 1:
+            raise OnnxPruneError(f"--min-heads must be >= 1, got {self.min_heads}")
+        if self.compression is not None and self.heads_keep is not None and self.ffn_keep is not None:
+            raise OnnxPruneError("--compression has nothing left to allocate when both --heads-keep and --ffn-keep "
+                                 "are given; drop one of the three")
         if self.keep is not None and not (0 < self.keep <= 1):
             raise OnnxPruneError(f"--keep must be in (0, 1], got {self.keep}")
         if self.compression is not None and not self.compression >= 1:
@@ -77,7 +90,7 @@ class PruneOptions:
                                  f"{self.round_to}")
         if not self.coreset_beta > 0:
             raise OnnxPruneError(f"--coreset-beta must be positive, got {self.coreset_beta}")
-        if self.keep is not None and (self.allocation != "uniform" or self.target != "params"):
+        if self.compression is None and (self.allocation != "uniform" or self.target != "params"):
             raise OnnxPruneError("--allocation error and --target flops need a whole-model target: use --compression")
         if self.impl.ranks_globally and self.allocation != "uniform":
             raise OnnxPruneError(f"{self.method} allocates channels by its own global ranking; drop --allocation")
@@ -89,7 +102,15 @@ class PruneOptions:
 
     @property
     def rules(self) -> Rules:
-        return Rules(self.min_channels, self.round_to)
+        return Rules(self.min_channels, self.round_to, self.min_heads, self.heads_keep, self.ffn_keep)
+
+    @property
+    def keep_fraction(self) -> float | None:
+        """The common keep fraction of the groups not fixed by --heads-keep / --ffn-keep: --keep,
+        or everything when only those fixed fractions are given; None with --compression."""
+        if self.keep is not None or self.compression is not None:
+            return self.keep
+        return 1.0
 
     @property
     def refits(self) -> bool:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ..version import __version__
-from ..budget.flops import model_flops
+from ..budget.flops import flops_for_samples
 from ..graph.index import float_param_count
 from .rowmask import report_fields as row_mask_fields, report_notes as row_mask_notes
 
@@ -69,9 +69,11 @@ class Report:
         flops = ""
         if self.flops_before and self.flops_after:
             flops = f", FLOPs {self.flops_before / self.flops_after:.2f}x fewer"
+        heads = [f"{g['channels_after']}/{g['channels_before']}" for g in self.groups if g.get("unit") == "head"]
         return (f"params {self.params_before:,} -> {self.params_after:,} ({self.compression:.2f}x){flops}, "
                 f"{len([g for g in self.groups if g['channels_after'] < g['channels_before']])}/"
                 f"{len(self.groups)} groups pruned"
+                + (f", heads kept per attention block {' '.join(heads)}" if heads else "")
                 + (f", {self.seconds['total']:.1f} s" if self.seconds else ""))
 
 
@@ -87,16 +89,40 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
     if calib is not None:
         calibration_info.update(row_mask_fields(session.mask, masked))
         notes = notes + row_mask_notes(session.mask, masked, captured)
+    groups = with_heads(session.groups, groups)
+    budget = {"keep": opts.keep, "compression_target": opts.compression,
+              "allocation": "ranking" if opts.impl.ranks_globally else opts.allocation,
+              "target": opts.target, "min_channels": opts.min_channels, "round_to": opts.round_to}
+    if any(g.unit == "head" for g in session.groups):
+        budget.update(min_heads=opts.min_heads, heads_keep=opts.heads_keep, ffn_keep=opts.ffn_keep)
     return Report(
         input=session.source, output=None, method=opts.method, mode=opts.mode, reweight=opts.reweight,
         seed=opts.seed, device=session.device,
         calibration=calibration_info,
-        budget={"keep": opts.keep, "compression_target": opts.compression,
-                "allocation": "ranking" if opts.impl.ranks_globally else opts.allocation,
-                "target": opts.target, "min_channels": opts.min_channels, "round_to": opts.round_to},
+        budget=budget,
         params_before=float_param_count(session.model), params_after=float_param_count(pruned),
-        flops_before=model_flops(session.model, session.index), flops_after=model_flops(pruned),
+        flops_before=flops_for_samples(session.model, session.index, _sample_dims(session)),
+        flops_after=flops_for_samples(pruned, None, _sample_dims(session)),
         groups=groups, skipped=[s.to_dict() for s in session.analysis.skipped], verify=verify,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         tool={"name": "onnxprune", "version": __version__}, notes=notes, refits=refits,
     )
+
+
+def _sample_dims(session) -> dict | None:
+    calib = session.calibration
+    return None if calib is None else {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
+
+
+def with_heads(analysed, groups: list) -> list:
+    """The group reports, with what a head group's channels are: `unit` 'head', the head size
+    and the Q/K/V projections (channels_before/after then count heads, or KV groups)."""
+    heads = {g.name: g.heads for g in analysed if getattr(g, "unit", "channel") == "head"}
+    out = []
+    for d in groups:
+        info = heads.get(d["name"])
+        if info is not None:
+            d = dict(d, unit="head", head_dim=info.head_dim, queries_per_unit=info.queries_per_unit,
+                     projections={node: role for role, node in info.streams})
+        out.append(d)
+    return out

@@ -216,3 +216,36 @@ def test_intercept_of_a_conv_before_batchnorm_moves_into_its_mean():
     assert float_param_count(after) == float_param_count(before)      # no bias added: the budget holds
     conv = next(n for n in after.graph.node if n.name == "layer3")
     assert len(conv.input) == 2
+
+
+def test_ridge_without_intercept_is_the_closed_form_on_the_features():
+    rng = np.random.default_rng(1)
+    n, d, m = 40, 5, 3
+    x = np.hstack([rng.standard_normal((n, d)) + 2.0, np.ones((n, 1))])   # offset: an intercept would help
+    wt, w0 = rng.standard_normal((d + 1, m)), rng.standard_normal((d + 1, m))
+    problem = whole_problem(x.T @ x, x.T @ x, float(np.sum((x @ wt) ** 2)), w0, wt, np)
+    ridge = 0.2
+    g = x[:, :d].T @ x[:, :d]
+    lam = ridge * np.mean(np.diag(g))
+    expected = np.linalg.solve(g + lam * np.eye(d), x[:, :d].T @ (x @ wt) + lam * w0[:d])
+    got = least_squares(problem, [], ridge, np, w0=w0, intercept=False)
+    np.testing.assert_allclose(got[:d], expected, rtol=1e-10, atol=1e-12)
+    assert not got[d].any()
+
+
+@pytest.mark.parametrize("kind", ["conv_nobias", "matmul_nobias"])
+def test_a_layer_without_bias_is_refitted_without_one(kind):
+    """The budget counts no bias for a layer that is not a consumer, so its refit adds none:
+    the parameter count is --refit consumers', and the refitted layer still reads two inputs."""
+    from onnxprune.graph.index import float_param_count
+
+    model, _ = residual_chain(kind)
+    data = calib(model)
+    before, _ = prune(model, data, keep=0.5, refit="consumers")
+    after, report = prune(model, data, keep=0.5, refit="all")
+    entries = {e["node"]: e for e in report.to_dict()["refits"]}
+    assert entries["layer3"]["rel_error_after"] < entries["layer3"]["rel_error_before"]
+    assert float_param_count(after) == float_param_count(before)
+    layer3 = next(n for n in after.graph.node if n.name == "layer3")
+    assert len(layer3.input) == 2
+    assert [n.op_type for n in after.graph.node].count("Add") == [n.op_type for n in before.graph.node].count("Add")

@@ -151,10 +151,13 @@ def refit_layers(pruner, current, step: LayerStep):
         energy = float(xp.sum(stats.column_target[col:col + width]))
         col += width
         problem = whole_problem(stats.gram, stats.cross, energy, w0, target, xp)
-        new = least_squares(problem, [], pruner.opts.ridge, xp, w0=w0)
+        fold = _batchnorm_mean(idx, c, w0.shape[1])
+        has_bias = c.bias is not None or c.bias_node is not None or fold is not None
+        new = least_squares(problem, [], pruner.opts.ridge, xp, w0=w0, intercept=has_bias)
         before = problem.error([], xp.asarray(w0), xp)
         after = problem.error([], xp.asarray(new), xp)
-        folds.update(_fold_into_batchnorm(idx, c, new))
+        if fold is not None:
+            folds.update(_fold_into_batchnorm(idx, c, new, fold))
         updates.append(consumer_update(idx, c, new))
         entries.append({"node": c.node, "rel_error_before": before / energy if energy > 0 else 0.0,
                         "rel_error_after": after / energy if energy > 0 else 0.0,
@@ -170,26 +173,30 @@ def refit_layers(pruner, current, step: LayerStep):
     return out, entries
 
 
-def _fold_into_batchnorm(idx: GraphIndex, c, new: np.ndarray) -> dict:
-    """A bias-free Conv/Gemm whose only reader is a BatchNormalization takes its refitted
-    intercept as a shift of that BN's running mean (BN(y + b) = BN'(y) with mean' = mean - b),
-    so the refit adds no parameter the budget did not count. Zeroes new's intercept row in
-    place; returns {mean initializer: new value} (empty when it does not apply)."""
+def _batchnorm_mean(idx: GraphIndex, c, outputs: int) -> str | None:
+    """The running-mean initializer that can take the refitted intercept of a bias-free
+    Conv/Gemm whose only reader is a BatchNormalization (BN(y + b) = BN'(y) with
+    mean' = mean - b), or None. A layer with neither a bias nor such a BN is refitted without
+    an intercept, so the refit adds no parameter the budget did not count."""
     if c.bias is not None or c.bias_node is not None or c.op == "MatMul":
-        return {}
+        return None
     node = idx.nodes[c.node]
     uses = idx.uses(node.output[0])
     if len(uses) != 1 or node.output[0] in idx.graph_outputs:
-        return {}
+        return None
     bn, slot = uses[0]
     if bn.op_type != "BatchNormalization" or slot != 0 or len(bn.input) < 5 or len(bn.output) > 1:
-        return {}
+        return None
     mean = bn.input[3]
-    if not idx.is_constant(mean) or len(idx.uses(mean)) != 1:
-        return {}
+    if not idx.is_constant(mean) or len(idx.uses(mean)) != 1 or idx.array(mean).shape != (outputs,):
+        return None
+    return mean
+
+
+def _fold_into_batchnorm(idx: GraphIndex, c, new: np.ndarray, mean: str) -> dict:
+    """Moves new's intercept row into the BN's running mean (see _batchnorm_mean); zeroes the
+    row in place and returns {mean initializer: new value}."""
     old = idx.array(mean)
-    if old.shape != (new.shape[1],):
-        return {}
     folded = (old.astype(np.float64) - new[-1]).astype(old.dtype)
     new[-1] = 0.0
     return {mean: folded}

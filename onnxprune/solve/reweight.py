@@ -11,14 +11,26 @@ from .xp import to_numpy
 DEFAULT_RIDGE = 1e-6
 
 
-def least_squares(problem, kept, ridge: float, xp, w0=None) -> np.ndarray:
+def least_squares(problem, kept, ridge: float, xp, w0=None, intercept: bool = True) -> np.ndarray:
     """New (|S|, m) weights for the kept rows S (kept features then the intercept); with `w0`
     (|S| x m, same rows) the ridge pulls toward it instead of toward zero:
-    W = (G + λI)⁻¹(H + λW0), the intercept never penalised."""
+    W = (G + λI)⁻¹(H + λW0), the intercept never penalised. `intercept=False` holds the
+    intercept at zero (a layer that has no bias to put it in)."""
     s = xp.asarray(problem.rows(kept))
+    if not intercept:
+        if len(s) == 1:
+            return np.zeros((1, problem.h.shape[1]))
+        w = _ridge_solve(problem, s[:-1], ridge, xp, None if w0 is None else np.asarray(w0)[:-1])
+        return np.vstack([w, np.zeros((1, w.shape[1]))])
+    return _ridge_solve(problem, s, ridge, xp, w0, penalised=len(s) - 1)
+
+
+def _ridge_solve(problem, s, ridge: float, xp, w0=None, penalised: int | None = None) -> np.ndarray:
+    """The ridge solve on rows `s` of the problem; the first `penalised` rows (all by default)
+    carry the ridge."""
     g = problem.gram[s][:, s].copy()
     h = problem.h[s] if w0 is None else problem.h[s].copy()
-    n = g.shape[0] - 1
+    n = g.shape[0] if penalised is None else penalised
     if n > 0:
         lam = ridge * float(xp.mean(xp.diagonal(g)[:n]))
         if lam > 0:

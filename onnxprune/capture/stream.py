@@ -32,11 +32,13 @@ def submodel(model: onnx.ModelProto, outputs: list, index: GraphIndex | None = N
 class Stream:
     """One model run step by step; each step starts from the frontier the previous one saved."""
 
-    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool):
+    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool,
+                 threads: int | None = None):
         self.types = types            # original model's index: element types and symbolic dims
         self.calib = calib
         self.device = device
         self.enabled = enabled
+        self.threads = threads        # onnxruntime intra-op threads (a Ray worker's share of the cores)
         self.store = TensorStore()
         self.available: set = set()
         self._session = None
@@ -51,7 +53,8 @@ class Stream:
         fetch = self._outputs + [t for t in self._new if t not in self._outputs]
         sub, self._inputs = region_model(model, structure, fetch, self.available)
         self._fetch = fetch
-        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture")
+        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture",
+                                        threads=self.threads)
 
     def run_batch(self, start: int, feeds: dict) -> dict:
         count = next(iter(feeds.values())).shape[0]

@@ -136,6 +136,20 @@ def test_missing_ray_is_a_one_line_error_naming_the_extra(monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_cli_without_ray_says_which_extra_and_writes_nothing(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    from onnxprune.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "out.onnx"
+    r = CliRunner().invoke(main, ["prune", str(ROOT / "models" / "mnist_cnn.onnx"), "--calib",
+                                  str(ROOT / "models" / "mnist_cnn_calib.npz"), "--keep", "0.5", "-o", str(out),
+                                  "--workers", "2"])
+    assert r.exit_code == 1 and not out.exists()
+    assert r.output.strip().splitlines() == ["error: --workers/--ray-address need Ray, which is not installed: "
+                                             "pip install 'onnxprune[ray]'"]
+
+
 def test_workers_must_be_positive():
     with pytest.raises(OnnxPruneError, match="--workers"):
         PruneOptions.of(keep=0.5, workers=0).validate()
@@ -178,6 +192,22 @@ def test_fixture_statistics_and_models_two_workers_equal_one(ray_local):
     two, r2 = prune(str(model), str(calib), keep=0.5, mode="asym", batch_size=8, workers=2)
     assert kept(r1) == kept(r2)
     assert_same_model(one, two)
+
+
+def test_layer_mode_captures_once_in_parallel_for_every_ratio(ray_local):
+    model = B.cnn()
+    data = B.random_inputs(model, 32)
+    opts = PruneOptions.of(keep=0.5, mode="layer", batch_size=8, workers=2)
+    ws = Workspace(model, data, opts)
+    try:
+        reports = [ws.prune(PruneOptions.of(keep=keep, mode="layer", batch_size=8, workers=2))[1]
+                   for keep in (0.25, 0.5, 0.75)]
+        assert [t["label"] for t in ws.session.pool.timings] == ["capture (all layers)"]
+        assert len(ws.session.pool.timings[0]["busy"]) == 2
+    finally:
+        ws.close()
+    for keep, report in zip((0.25, 0.5, 0.75), reports):
+        assert kept(report) == kept(prune(model, data, keep=keep, mode="layer", batch_size=8)[1])
 
 
 def test_a_killed_worker_is_restarted_and_the_run_completes(ray_local, monkeypatch, tmp_path):

@@ -8,9 +8,9 @@ differs from one process only by float summation order. seq/asym steps stay sequ
 needs the model pruned so far); within a step every worker runs its shard. Each worker keeps
 its own `Stream`s, so a step resumes from the frontier of *its* samples (prefix.py).
 
-This module knows nothing of Ray: a pool is anything with `workers`, `put`, `map` and `timings`
-(ray_workers.RayPool runs `ShardWorker`s as Ray actors; `LocalPool` runs them in this process,
-which tests use to check the sharding and the reduction without Ray).
+This module knows nothing of Ray: a pool is anything with `workers`, `shards`, `put`, `map`,
+`tell` and `timings` (ray_workers.RayPool runs `ShardWorker`s as Ray actors; `LocalPool` runs
+them in this process, which tests use to check the sharding and the reduction without Ray).
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def shard_arrays(arrays: dict, start: int, stop: int) -> dict:
 
 class ShardWorker:
     """What one worker holds: its calibration shard and, per capture, the original model's
-    index and its Streams. Every method returns (result, seconds busy)."""
+    index and its Streams. Every method returns (result, (seconds before the first batch:
+    parsing the model, cutting the region, starting its session; seconds in all))."""
 
     def __init__(self, arrays: dict, batch_size: int, device: str, xp_name: str, threads: int | None = None,
                  index: int = 0, fail_once: str | None = None):
@@ -69,11 +70,12 @@ class ShardWorker:
                                built="the part of the model cut for capture", threads=self.threads)
         accs = [GramAccumulator(c, self.xp) for c in consumers]
         mine = _spawn(observers)
+        setup = time.perf_counter() - start
         for feeds in self._batches():
             out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
             for acc in accs + list(mine):
                 acc.add(out[acc.consumer.input], row_mask=feeds.get(row_mask))
-        return ([acc.partial() for acc in accs], mine), time.perf_counter() - start
+        return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
 
     def step_partials(self, cid: int, original_bytes: bytes, cacheable: bool, current_bytes: bytes, asym: bool,
                       consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None):
@@ -95,7 +97,7 @@ class ShardWorker:
             ref.prepare(original, tensors, save)
         accs = [GramAccumulator(c, self.xp, asym=asym, weight=weights.get(c.node)) for c in consumers]
         mine = _spawn(observers)
-        at = 0
+        setup, at = time.perf_counter() - start, 0
         for feeds in self._batches():
             b_out = cur.run_batch(at, feeds)
             a_out = ref.run_batch(at, feeds) if ref is not None else {}
@@ -107,14 +109,17 @@ class ShardWorker:
         cur.finish()
         if ref is not None:
             ref.finish()
-        return ([acc.partial() for acc in accs], mine), time.perf_counter() - start
+        return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
+
+    def ready(self):
+        return None, (0.0, 0.0)
 
     def close_capture(self, cid: int):
         entry = self._captures.pop(cid, None)
         if entry is not None:
             for s in entry[2].values():
                 s.close()
-        return None, 0.0
+        return None, (0.0, 0.0)
 
     def _stream(self, streams: dict, key: str, types: GraphIndex, cacheable: bool) -> Stream:
         if key not in streams:
@@ -162,6 +167,9 @@ class LocalPool:
                 done(w)
         return out
 
+    def tell(self, method: str, *args) -> None:
+        self.map(method, *args)
+
     def close(self) -> None:
         for w in self._workers:
             for cid in list(w._captures):
@@ -208,7 +216,7 @@ class ParallelCapturer(Capturer):
     def close(self) -> None:
         if self._cid is not None:
             cid, self._cid, self._original = self._cid, None, None
-            self.pool.map("close_capture", cid)
+            self.pool.tell("close_capture", cid)   # no wait: after Ctrl-C or a lost worker the pool is closed next
 
     def _map(self, label: str, method: str, *args) -> list:
         total, shards = self.calib.samples, self.pool.shards
@@ -232,7 +240,8 @@ class ParallelCapturer(Capturer):
         return [acc.result() for acc in accs]
 
     def _timed(self, label: str, start: float, results: list) -> None:
-        """Wall time of one parallel call next to its busiest worker's: the difference is what
-        distribution costs (shipping the model, starting sessions' calls, reduction)."""
-        busy = [seconds for _, seconds in results]
-        self.pool.timings.append({"label": label, "wall": time.perf_counter() - start, "busy": busy})
+        """Wall time of one parallel call next to each worker's time (and the part of it before
+        its first batch): wall minus the busiest worker is what distribution costs (shipping
+        the model and the statistics, scheduling, the reduction)."""
+        self.pool.timings.append({"label": label, "wall": time.perf_counter() - start,
+                                  "setup": [s[0] for _, s in results], "busy": [s[1] for _, s in results]})

@@ -100,6 +100,7 @@ class RayPool:
         # the shards stay referenced here: a restarted actor reads its shard again
         self._shards = [ray.put(shard_arrays(calib.arrays, a, b)) for a, b in self.shards]
         self.actors = [actor.remote(batch_size, device, xp_name, 1, w, FAIL_ONCE) for w in range(len(self.shards))]
+        self.map("ready")       # every worker started and imported onnxprune: a broken worker fails here
 
     @property
     def workers(self) -> int:
@@ -131,6 +132,11 @@ class RayPool:
         except ray.exceptions.RayError as exc:
             raise OnnxPruneError(f"a Ray capture worker was lost and {RETRIES} restarts did not finish its "
                                  f"share ({first_line(exc)}); nothing was written") from None
+
+    def tell(self, method: str, *args) -> None:
+        """Queue ShardWorker.`method`(*args) on every actor without waiting for it."""
+        for a, shard in zip(self.actors, self._shards):
+            a.call.remote([shard], method, *args)
 
     def close(self) -> None:
         """Kill every actor (and stop the local Ray this pool started)."""

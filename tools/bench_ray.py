@@ -36,7 +36,7 @@ CONFIGS = {"one": {}, "ray1": {"workers": 1, "ray_address": "local"}, "ray2": {"
 
 def run(model: Path, calib: Path, config: str, args) -> dict:
     opts = PruneOptions.of(compression=args.compression, method="greedy", mode=args.mode, samples=args.samples,
-                           device="cpu", **CONFIGS[config])
+                           device="cpu", refit=args.refit, **CONFIGS[config])
     opts.validate()
     start = time.perf_counter()
     ws = Workspace(str(model), str(calib), opts)
@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--compression", type=float, default=2.0)
     p.add_argument("--mode", default="asym")
     p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--refit", choices=("consumers", "all"), help="[the CLI's default: all in asym]")
     p.add_argument("--configs", default="one,ray2,ray1", help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--log", type=Path, help="append the results as JSON lines")
     a = p.parse_args()
@@ -93,22 +94,23 @@ def main() -> None:
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     calib = calibration_file(DATASET[a.model], a.samples, 0, work)
-    results = [run(model, calib, c, a) for c in a.configs.split(",")]
-    base = results[0]
     print("| config | setup s | capture s | total s | close s | steps | same kept as first | max rel weight diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    base = None
+    for config in a.configs.split(","):
+        r = run(model, calib, config, a)
+        base = base or r
         print(f"| {r['config']} | {r['setup_s']:.1f} | {r['capture_s']:.1f} | {r['total_s']:.1f} | {r['close_s']:.1f} | "
               f"{r['steps']} | {r['kept'] == base['kept']} | {weight_diff(base['pruned'], r['pruned']):.2e} |")
-    for r in results:
         summary = step_summary(r["timings"])
         if summary:
-            print(f"{r['config']}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+            print(f"  {r['config']} per step: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+        sys.stdout.flush()
         if a.log:
             with a.log.open("a") as fh:
                 row = {k: v for k, v in r.items() if k not in ("pruned", "kept", "timings")}
-                fh.write(json.dumps({**row, **summary, "model": a.model, "samples": a.samples,
-                                     "compression": a.compression, "mode": a.mode}) + "\n")
+                fh.write(json.dumps({**row, **summary, "model": a.model, "samples": a.samples, "refit": a.refit,
+                                     "compression": a.compression, "mode": a.mode, "timings": r["timings"]}) + "\n")
 
 
 if __name__ == "__main__":

@@ -90,14 +90,17 @@ def providers(device: str) -> list:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = None):
+def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = None, threads: int | None = None):
     """An InferenceSession on `device` ('cpu' or 'cuda'). A model the user gave that onnxruntime
     cannot load is a user error; one onnxprune `built` (described by that string: a pruned
-    model, a region cut for capture) is an InternalError, since it is our bug."""
+    model, a region cut for capture) is an InternalError, since it is our bug. `threads`:
+    onnxruntime's intra-op threads (None: its default, every core; a Ray worker owns fewer)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
     # Our NumPy work runs between onnxruntime calls: spinning threads would steal its cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:

@@ -34,6 +34,24 @@ class ConsumerStats:
         return self.gram.shape[0]
 
 
+@dataclass
+class PartialSums:
+    """One worker's share of a GramAccumulator's sums, in design_rows' native column order,
+    as host (NumPy) arrays so they travel between processes (capture/parallel.py adds them)."""
+
+    gram: np.ndarray
+    cross: np.ndarray | None
+    target: float
+    column_target: np.ndarray | float
+    rows: int
+    masked: bool
+
+
+def _host(a):
+    """A NumPy copy of a NumPy or CuPy array (scalars pass through)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
+
+
 class GramAccumulator:
     """Adds batches of consumer inputs into ConsumerStats without keeping them.
 
@@ -84,6 +102,35 @@ class GramAccumulator:
                 self.target += float(xp.sum(yy))
                 self.column_target = self.column_target + xp.sum(yy, axis=0)
             self.rows += b.shape[0]
+
+    def partial(self) -> PartialSums | None:
+        """The sums so far, for another process to add up (None: no batch was added)."""
+        if self.gram is None:
+            return None
+        cross = _host(self.cross) if self.asym else None
+        return PartialSums(_host(self.gram), cross, self.target, _host(self.column_target), self.rows, self.masked)
+
+    def absorb(self, part: PartialSums | None) -> None:
+        """Add another accumulator's sums (same consumer, same model). Absorbing one partial
+        into a fresh accumulator reproduces it exactly (0 + x = x)."""
+        if part is None:
+            return
+        xp = self.xp
+        if self.gram is None:
+            self._order = canonical_order(self.consumer, part.gram.shape[0])
+            self.gram = xp.array(part.gram, dtype=xp.float64)
+            if self.asym:
+                self._order_a = canonical_order(self.consumer, part.cross.shape[1])
+                self.cross = xp.array(part.cross, dtype=xp.float64)
+        else:
+            self.gram += xp.asarray(part.gram)
+            if self.asym:
+                self.cross += xp.asarray(part.cross)
+        if self.asym:
+            self.target += part.target
+            self.column_target = self.column_target + xp.asarray(part.column_target)
+        self.rows += part.rows
+        self.masked |= part.masked
 
     def _width(self, batch) -> int:
         c = self.consumer

@@ -33,11 +33,13 @@ def submodel(model: onnx.ModelProto, outputs: list, index: GraphIndex | None = N
 class Stream:
     """One model run step by step; each step starts from the frontier the previous one saved."""
 
-    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool):
+    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool,
+                 threads: int | None = None):
         self.types = types            # original model's index: element types and symbolic dims
         self.calib = calib
         self.device = device
         self.enabled = enabled
+        self.threads = threads        # onnxruntime intra-op threads (a Ray worker's share of the cores)
         self.store = TensorStore()
         self.available: set = set()
         self._session = None
@@ -52,7 +54,8 @@ class Stream:
         fetch = self._outputs + [t for t in self._new if t not in self._outputs]
         sub, self._inputs = region_model(model, structure, fetch, self.available)
         self._fetch = fetch
-        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture")
+        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture",
+                                        threads=self.threads)
 
     def _stored_types(self) -> dict:
         """Element types, with those of saved tensors shape inference could not type (the

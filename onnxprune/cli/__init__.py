@@ -141,6 +141,11 @@ def _data_options(f):
         click.option("--exclude", multiple=True, metavar="NAME", help="Leave this Conv/Gemm/MatMul node alone "
                      "(repeatable)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                     help="Capture on N Ray workers (one core or GPU each), splitting the calibration batches "
+                          "[default: 1, no Ray; with --ray-address: every CPU/GPU of the cluster]. Needs "
+                          "onnxprune[ray]."),
+        click.option("--ray-address", metavar="ADDR", help="Capture on the existing Ray cluster at ADDR."),
         click.option("--row-mask", metavar="INPUT",
                      help="Model input marking real tokens (1) and padding (0): padding rows are left out of the "
                           "statistics of token-wise (Gemm/MatMul) consumers and of the output comparison "

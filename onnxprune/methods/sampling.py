@@ -68,6 +68,15 @@ class SensitivityAccumulator:
             self._update(x[:, :-1])                             # no intercept
             self.rows += x.shape[0]
 
+    def spawn(self) -> "SensitivityAccumulator":
+        """A fresh accumulator for the same consumer (one per capture worker)."""
+        return SensitivityAccumulator(self.consumer, self.matrix, self.candidates, self.xp)
+
+    def absorb(self, other: "SensitivityAccumulator") -> None:
+        """Take in another worker's maximum (a max: exact in any order)."""
+        self.value = self.xp.maximum(self.value, self.xp.asarray(other.value))
+        self.rows += other.rows
+
     def _prepare(self, first_shape: tuple) -> None:
         """Weights and candidate columns in design_rows' column order, and the chunk size."""
         xp = self.xp

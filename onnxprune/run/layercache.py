@@ -10,13 +10,12 @@ import time
 
 import numpy as np
 
-from ..capture.stream import Capturer
 from ..graph.layout import Alive
 from ..methods.base import ConsumerPart, Selection
 from ..rewrite.weights import consumer_matrix
 from ..solve.greedy import greedy_order
 from ..solve.problem import ChannelView
-from .session import Session
+from .session import Session, capturer as open_capturer
 
 
 class LayerCache:
@@ -56,7 +55,7 @@ class LayerCache:
                                       ChannelView.of(c, set(g.sources), g.channels, Alive())) for c in g.consumers],
                         s.xp)
         if consumers or observers:
-            capturer = Capturer(s.calibration, s.batch_size, s.device, s.xp, progress, s.row_mask)
+            capturer = open_capturer(s, progress)
             try:
                 stats = capturer.layer_stats(s.model, consumers, "capture (all layers)",
                                              tuple(o for obs in observers.values() for o in obs))

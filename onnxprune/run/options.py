@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..budget.allocation import ALLOCATIONS, TARGETS, Rules
+from ..capture.ray_workers import require_ray
 from ..errors import OnnxPruneError
 from ..methods import METHODS, Method, get as get_method
 from ..methods.importance import DRAWS
@@ -43,6 +44,8 @@ class PruneOptions:
     heads_keep: float | None = None     # fraction of heads kept in every attention block (fixed)
     ffn_keep: float | None = None       # fraction kept in every other group (FFN units, channels) (fixed)
     min_heads: int = 1                  # heads kept at least per attention block
+    workers: int | None = None          # capture on N Ray workers; None: 1 (no Ray), or the whole --ray-address cluster
+    ray_address: str | None = None      # an existing Ray cluster to capture on
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -81,6 +84,10 @@ class PruneOptions:
         if self.refit == "all" and self.mode == "layer":
             raise OnnxPruneError("--refit all needs --mode seq or asym (layer mode takes every statistic from "
                                  "the original model, so no layer's input drifts)")
+        if self.workers is not None and self.workers < 1:
+            raise OnnxPruneError(f"--workers must be >= 1, got {self.workers}")
+        if self.distributed:
+            require_ray()
         if self.batch_size <= 0:
             raise OnnxPruneError(f"--batch-size must be positive, got {self.batch_size}")
         if self.ridge < 0:
@@ -116,6 +123,11 @@ class PruneOptions:
     def refits(self) -> bool:
         """Whether the consumers get refitted, once an unset --reweight is resolved with data."""
         return self.reweight if self.reweight is not None else True
+
+    @property
+    def distributed(self) -> bool:
+        """Whether capture runs on Ray workers (--workers above 1, or a --ray-address)."""
+        return (self.workers or 1) > 1 or bool(self.ray_address)
 
     @property
     def needs_data(self) -> bool:

@@ -14,7 +14,7 @@ from .clock import Clock
 from .layercache import LayerCache
 from .options import MODES, PruneOptions
 from .runner import prune_run
-from .session import open_session
+from .session import close_session, open_session
 
 __all__ = ["MODES", "PruneOptions", "Workspace", "prune"]
 
@@ -30,7 +30,11 @@ def prune(model, calib=None, *, progress: Callable | None = None, **options):
     """
     opts = PruneOptions.of(**options)
     opts.validate()
-    return Workspace(model, calib, opts).prune(opts, progress)
+    ws = Workspace(model, calib, opts)
+    try:
+        return ws.prune(opts, progress)
+    finally:
+        ws.close()
 
 
 class Workspace:
@@ -49,6 +53,10 @@ class Workspace:
     def prune(self, opts: PruneOptions, progress: Callable | None = None, include_setup: bool = True):
         """One run with `opts` (their data and model options must be the workspace's)."""
         return prune_run(self.session, self.cache, opts, self.counts, progress, include_setup)
+
+    def close(self) -> None:
+        """Stop the Ray capture workers, if the session has any (nothing else needs closing)."""
+        close_session(self.session)
 
     def check_budget(self, opts: PruneOptions) -> None:
         allocate.check_budget(self.session, opts)

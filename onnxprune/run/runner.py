@@ -13,7 +13,6 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from ..capture.stream import Capturer
 from ..graph.index import GraphIndex
 from ..graph.layout import Alive
 from ..methods.base import ConsumerPart, SelectContext, group_rng
@@ -29,7 +28,7 @@ from .layercache import LayerCache
 from .refit import GroupStep, plan_steps, refit_layers
 from .report import GroupReport, build_report
 from .rowmask import check_applied as check_row_mask_applied
-from .session import Session, calibration_for
+from .session import Session, calibration_for, capturer
 from .surgery import surgery_check
 from .verify import check, drift_warning, output_fidelity
 
@@ -62,6 +61,9 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
         opts = replace(opts, refit="consumers")
     if opts.needs_data and session.calibration is None:
         calibration_for(session.model, None, opts)            # raises the user error
+    if session.pool is not None:
+        notes.append(f"capture ran on {session.pool.workers} Ray worker(s), their statistics summed in worker "
+                     "order (equal to one process up to float summation order)")
     t, captured = time.perf_counter(), clock.seconds.get("capture", 0.0)
     counts = budget(opts, clock, progress)
     clock.add("budget", t)
@@ -104,8 +106,7 @@ class GroupPruner:
         self.layer = opts.mode == "layer"
         self.capturer = None
         if session.calibration is not None and not self.layer:
-            self.capturer = Capturer(session.calibration, session.batch_size, session.device, self.xp,
-                                     self.progress, session.row_mask)
+            self.capturer = capturer(session, self.progress)
         self.masked = set()           # consumers whose padding rows were dropped (--row-mask)
         self.captured = set()         # consumers whose statistics were captured
         self.refits = []              # --refit all: one entry per refitted non-consumer layer

@@ -1,7 +1,9 @@
 """`Session`: what every run over one model shares and never changes: the loaded, analysed
 model, its calibration data, the device and array module, the batch size and the reference
 onnxruntime session. Built once (`open_session`), then read only, so runs cannot leak state
-into each other through it (the reusable layer-mode results live in layercache.py).
+into each other through it (the reusable layer-mode results live in layercache.py). With
+--workers/--ray-address it also holds the Ray workers that capture runs on (`pool`; closed by
+`close_session`), and `capturer` hands out the Capturer that uses them.
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ from dataclasses import dataclass, replace
 import onnx
 
 from ..capture import runtime, shapes
+from ..capture.parallel import ParallelCapturer
+from ..capture.stream import Capturer
 from ..errors import NothingToPrune, OnnxPruneError
 from ..graph.analyze import analyze
 from ..graph.index import GraphIndex
 from ..io.calib import Calibration, fixed_batch, from_arrays, input_specs, load_calibration, random_calibration
 from ..io.sources import SourceRequest, from_feeds, is_feeds
+from ..io.largemodel import is_large
 from ..io.modelio import check_model, load_model, normalize
 from .device import resolve as resolve_device
 from .options import PruneOptions
@@ -39,6 +44,7 @@ class Session:
     setup_seconds: float
     mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
     notes: tuple = ()                # where shapes static inference left unknown came from
+    pool: object | None = None       # Ray capture workers (capture/ray_workers.RayPool); None: this process
 
 
 def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
@@ -76,8 +82,33 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
         batch_size = batch
     device, xp = resolve_device(opts.device)
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
+    pool = _worker_pool(model, calibration, batch_size, device, xp, opts)
     return Session(source, model, index, analysis, groups, calibration, mask.name, batch_size, device, xp,
-                   reference, time.perf_counter() - start, mask, tuple(notes))
+                   reference, time.perf_counter() - start, mask, tuple(notes), pool)
+
+
+def _worker_pool(model, calibration, batch_size: int, device: str, xp, opts: PruneOptions):
+    """The Ray workers capture runs on, started last (everything else has been checked)."""
+    if not opts.distributed or calibration is None:
+        return None
+    if is_large(model):
+        raise OnnxPruneError("--workers/--ray-address: models over 2 GB are not shipped to Ray workers yet; "
+                             "capture them in one process (drop --workers)")
+    from ..capture.ray_workers import RayPool
+
+    return RayPool(calibration, batch_size, opts.workers, opts.ray_address, device, xp.__name__)
+
+
+def capturer(session: Session, progress=None) -> Capturer:
+    """A Capturer over the session's calibration: on its Ray workers when it has them."""
+    args = (session.calibration, session.batch_size, session.device, session.xp, progress, session.row_mask)
+    return Capturer(*args) if session.pool is None else ParallelCapturer(session.pool, *args)
+
+
+def close_session(session: Session) -> None:
+    """Stop the session's Ray workers, if any (idempotent)."""
+    if session.pool is not None:
+        session.pool.close()
 
 
 def _nothing_to_prune(analysis, index: GraphIndex, calibration) -> None:

@@ -63,13 +63,20 @@ def sweep(model_path, calib_path, ratios: list, methods: list, out_dir, *, holdo
     prune_part, held_out = _split(model, calib_path, holdout, base.samples)
     eval_data = _eval_data(eval_path, model, labels)
     ws = Workspace(model, prune_part, replace(base, samples=prune_part.samples), source=str(model_path))
+    try:
+        return _sweep(ws, runs, files, out_dir, held_out, eval_data, plot, progress,
+                      lambda rows: _document(model_path, ws, held_out, eval_path, eval_data, base, rows))
+    finally:
+        ws.close()              # the Ray capture workers, if any
+
+
+def _sweep(ws, runs, files, out_dir: Path, held_out, eval_data, plot: bool, progress, document) -> dict:
     for opts in runs:
         ws.check_budget(opts)
     created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     try:
-        return _run(ws, runs, files, out_dir, held_out, eval_data, plot, progress,
-                    lambda rows: _document(model_path, ws, held_out, eval_path, eval_data, base, rows))
+        return _run(ws, runs, files, out_dir, held_out, eval_data, plot, progress, document)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()

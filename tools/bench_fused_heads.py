@@ -15,8 +15,8 @@ from onnxprune import prune
 from onnxprune.io.modelio import load_model
 
 HERE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "transformers"
-MODELS = (("bert_hf", dict(heads_keep=0.5, ffn_keep=1.0)), ("bert_hf_attention", dict(keep=0.5)),
-          ("bert_hf_mha", dict(keep=0.5)))
+MODELS = (("bert_hf", dict(heads_keep=0.5, ffn_keep=1.0)), ("bert_hf_attention", dict(heads_keep=0.5, ffn_keep=1.0)),
+          ("bert_hf_mha", dict(heads_keep=0.5, ffn_keep=1.0)))
 
 
 def run(model, feeds):

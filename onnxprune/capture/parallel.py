@@ -193,8 +193,8 @@ class ParallelCapturer(Capturer):
         results = self._map(label, "layer_partials", cut, list(consumers), tuple(observers), self.row_mask)
         return self._reduce(label, start, results, [GramAccumulator(c, self.xp) for c in consumers], observers)
 
-    def plan(self, original: onnx.ModelProto, boundaries: list) -> None:
-        super().plan(original, boundaries)
+    def plan(self, original: onnx.ModelProto, boundaries: list, index=None) -> None:
+        super().plan(original, boundaries, index)
         self.close()
         self._cid = next(_capture_ids)
         self._original = self.pool.put(original.SerializeToString())     # once per run

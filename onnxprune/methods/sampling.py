@@ -45,6 +45,7 @@ class SensitivityAccumulator:
         self.consumer = consumer
         self.xp = xp
         self.matrix = matrix
+        self.view = view
         self.candidates = view.candidates
         self.members, self.channels = view.members, view.channels
         candidates = view.candidates
@@ -70,7 +71,7 @@ class SensitivityAccumulator:
 
     def spawn(self) -> "SensitivityAccumulator":
         """A fresh accumulator for the same consumer (one per capture worker)."""
-        return SensitivityAccumulator(self.consumer, self.matrix, self.candidates, self.xp)
+        return SensitivityAccumulator(self.consumer, self.matrix, self.view, self.xp)
 
     def absorb(self, other: "SensitivityAccumulator") -> None:
         """Take in another worker's maximum (a max: exact in any order)."""

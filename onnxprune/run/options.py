@@ -14,6 +14,7 @@ from ..methods.importance import DRAWS
 from ..solve.reweight import DEFAULT_RIDGE
 
 MODES = ("layer", "seq", "asym")
+SEARCHES = ("none", "swap")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PruneOptions:
     coreset_beta: float = 1.0
     draw: str = "systematic"
     refit: str | None = None            # consumers | all; None: all in seq/asym with data and reweighting
+    search: str = "none"                # greedy: none | swap (local search after the picks, solve/swap.py)
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -56,7 +58,7 @@ class PruneOptions:
             raise OnnxPruneError(f"--compression must be >= 1 (original/pruned parameters), got {self.compression}")
         for name, value, choices in (("method", self.method, METHODS), ("mode", self.mode, MODES),
                                      ("allocation", self.allocation, ALLOCATIONS), ("target", self.target, TARGETS),
-                                     ("draw", self.draw, DRAWS)):
+                                     ("draw", self.draw, DRAWS), ("search", self.search, SEARCHES)):
             if value not in choices:
                 raise OnnxPruneError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         if self.refit not in (None, "consumers", "all"):

@@ -105,6 +105,9 @@ def _method_options(f):
                           "Conv/Gemm/MatMul whose input drifted, to the original layer's output [default: all "
                           "with calibration data and reweighting; layer mode always refits the consumers only, "
                           "from the original activations]."),
+        click.option("--search", type=click.Choice(["none", "swap"]), default="none", show_default=True,
+                     help="greedy: after the picks, swap one kept channel for a dropped one while that lowers "
+                          "the layer's least-squares error (other methods ignore it)."),
         click.option("--allocation", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
                      help="uniform: same keep fraction per group; error: balanced greedy reconstruction error."),
         click.option("--target", type=click.Choice(TARGETS), default="params", show_default=True,

@@ -19,6 +19,7 @@ class Selection:
     order: tuple | None = None       # greedy pick order (nested for every budget)
     errors: tuple | None = None      # greedy: reconstruction error after 0, 1, ..., k picks
     scales: np.ndarray | None = None  # importance weights of the kept channels (sampling, coreset)
+    search: dict | None = None       # greedy --search swap: objective before/after, swaps (solve/swap.py)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SelectContext:
     idx: object = None               # GraphIndex of the current model
     alive: object = None             # graph.layout.Alive: channels already removed
     cached_greedy: Callable | None = None    # layer mode: (k, on_step) -> Selection from cached orders
+    search: str = "none"             # greedy: local search after the picks (none | swap)
 
     def weight_rows(self) -> list:
         return self.rows if self.rows is not None else [p.dense_rows() for p in self.parts]

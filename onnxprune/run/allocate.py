@@ -68,7 +68,7 @@ class AloneProbe:
 
     def __init__(self, session: Session, cache: LayerCache, opts):
         self.session, self.cache = session, cache
-        self.opts = replace(opts, method="greedy", mode="layer", reweight=True, allocation="uniform")
+        self.opts = replace(opts, method="greedy", mode="layer", reweight=True, allocation="uniform", search="none")
         self.original = session.model
         self.calib = session.calibration.head(min(SAMPLES, session.calibration.samples))
         self.names = [o.name for o in session.model.graph.output]

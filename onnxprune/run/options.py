@@ -16,6 +16,7 @@ from ..solve.reweight import DEFAULT_RIDGE
 from .metrics import METRICS
 
 MODES = ("layer", "seq", "asym")
+SEARCHES = ("none", "swap")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class PruneOptions:
     min_heads: int = 1                  # heads kept at least per attention block
     workers: int | None = None          # capture on N Ray workers; None: 1 (no Ray), or the whole --ray-address cluster
     ray_address: str | None = None      # an existing Ray cluster to capture on
+    search: str = "none"                # greedy: none | swap (local search after the picks, solve/swap.py)
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -74,7 +76,7 @@ class PruneOptions:
             raise OnnxPruneError(f"--compression must be >= 1 (original/pruned parameters), got {self.compression}")
         for name, value, choices in (("method", self.method, METHODS), ("mode", self.mode, MODES),
                                      ("allocation", self.allocation, ALLOCATIONS), ("target", self.target, TARGETS),
-                                     ("draw", self.draw, DRAWS)):
+                                     ("draw", self.draw, DRAWS), ("search", self.search, SEARCHES)):
             if value not in choices:
                 raise OnnxPruneError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         if self.metric not in METRICS:

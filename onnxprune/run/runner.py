@@ -184,8 +184,11 @@ class GroupPruner:
         self.alive.mark(g.sources, g.channels, sel.kept)
         self.clock.add("rewrite", t)
         rel = (err / energy if energy > 0 else 0.0) if has_data else None
-        return pruned, asdict(GroupReport(g.name, g.channels, len(sel.kept), [int(i) for i in sel.kept], rel,
-                                          [c.node for c in g.consumers]))
+        report = asdict(GroupReport(g.name, g.channels, len(sel.kept), [int(i) for i in sel.kept], rel,
+                                    [c.node for c in g.consumers]))
+        if sel.search is not None:
+            report["search"] = sel.search
+        return pruned, report
 
     def _cover_pieces(self, g, sel, parts: list):
         """No Split piece of the group may lose all its channels (see methods/pieces.py)."""
@@ -211,7 +214,7 @@ class GroupPruner:
         return SelectContext(g.channels, parts, problems, xp=self.xp, rng=group_rng(self.opts.seed, g),
                              on_step=on_step, observed=observed, draw=self.opts.draw,
                              coreset_beta=self.opts.coreset_beta, group=g, idx=idx, alive=self.alive,
-                             cached_greedy=cached)
+                             cached_greedy=cached, search=self.opts.search)
 
     def _problems(self, current, g, parts: list, observers: tuple) -> bool:
         """Fill each part's least-squares Problem (and, in layer mode, the rows of the original

@@ -80,6 +80,13 @@ def arrays(name):
     return data, expected
 
 
+def calib_and_check(name) -> tuple:
+    """(calibration, held-out check) feeds: up to 16 samples, then 4 (vit_tiny has 16 images)."""
+    data, _ = arrays(name)
+    n = min(16, len(next(iter(data.values()))) - 4)
+    return {k: v[:n] for k, v in data.items()}, {k: v[n:n + 4] for k, v in data.items()}
+
+
 def op_counts(model):
     out = {}
     for n in model.graph.node:
@@ -119,8 +126,5 @@ def test_analysis_of_fixture(name):
 
 @pytest.mark.parametrize("name", sorted(GROUPS))
 def test_pruning_is_masked_equivalent(name):
-    data, _ = arrays(name)
-    n = min(16, len(next(iter(data.values()))) - 4)        # vit_tiny has 16 images
-    calib = {k: v[:n] for k, v in data.items()}
-    check = {k: v[n:n + 4] for k, v in data.items()}
+    calib, check = calib_and_check(name)
     assert_masked_equivalent(load_model(HERE / f"{name}.onnx"), calib, check, 0.5, mode="layer")

@@ -16,7 +16,7 @@ import fused_ops as F
 from onnxprune import analyze, prune
 from onnxprune.graph.index import attr
 from onnxprune.io.modelio import load_model, normalize
-from test_fixtures_transformers import arrays
+from test_fixtures_transformers import arrays, calib_and_check
 from test_masked_equivalence import assert_masked_equivalent
 
 HERE = Path(__file__).parent / "fixtures" / "transformers"
@@ -155,10 +155,7 @@ def test_fused_fixture_head_groups(name):
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_fused_fixture_masked_equivalence(name):
-    data, _ = arrays(name)
-    n = min(16, len(next(iter(data.values()))) - 4)        # vit_tiny has 16 images
-    calib = {k: v[:n] for k, v in data.items()}
-    check = {k: v[n:n + 4] for k, v in data.items()}
+    calib, check = calib_and_check(name)
     _, groups, kept = assert_masked_equivalent(load_model(HERE / f"{name}.onnx"), calib, check, 0.5, mode="layer")
     assert all(len(kept[g]) < FIXTURES[name][g][1] for g in FIXTURES[name])
 

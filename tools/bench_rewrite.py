@@ -1,8 +1,8 @@
 """CPU seconds of the rewrite stage (graph surgery) inside a prune, and of its gs import and export.
 
-    python tools/bench_rewrite.py chain 60 256 /tmp/chain60x256.onnx     # write a test chain
-    python tools/bench_rewrite.py time prune /tmp/chain60x256.onnx --keep 0.5 --method weight-norm \
-        --no-reweight -o /tmp/y.onnx --force -q
+    python tools/bench_rewrite.py chain 60 256 .bench/chain60x256.onnx     # write a test chain
+    python tools/bench_rewrite.py time prune .bench/chain60x256.onnx --keep 0.5 --method weight-norm \
+        --no-reweight -o .bench/y.onnx --force -q
     python tools/bench_rewrite.py time prune ../shared/models/resnet56_cifar10.onnx --calib-random 64 \
         --compression 2 --method weight-norm --no-reweight -o /tmp/x.onnx --force -q
 

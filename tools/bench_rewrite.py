@@ -4,7 +4,7 @@
     python tools/bench_rewrite.py time prune .bench/chain60x256.onnx --keep 0.5 --method weight-norm \
         --no-reweight -o .bench/y.onnx --force -q
     python tools/bench_rewrite.py time prune ../shared/models/resnet56_cifar10.onnx --calib-random 64 \
-        --compression 2 --method weight-norm --no-reweight -o /tmp/x.onnx --force -q
+        --compression 2 --method weight-norm --no-reweight -o .bench/x.onnx --force -q
 
 `chain N C OUT`: N x (Conv CxC 3x3 pad 1 + Relu) on an [N, C, 8, 8] input, opset 13 (random
 weights, seed 0). `time ARGS`: runs `onnxprune ARGS` in this process with `time.process_time`

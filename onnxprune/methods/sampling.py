@@ -47,9 +47,7 @@ class SensitivityAccumulator:
         self.matrix = matrix
         self.view = view
         self.candidates = view.candidates
-        self.members, self.channels = view.members, view.channels
-        candidates = view.candidates
-        self.value = xp.zeros(candidates.shape[0], dtype=xp.float32)
+        self.value = xp.zeros(view.candidates.shape[0], dtype=xp.float32)
         self._weights = None
         self._step = 1
         self.rows = 0
@@ -116,8 +114,8 @@ class SensitivityAccumulator:
 
     def result(self) -> np.ndarray:
         """(group channels,) sensitivities; 0 for channels this consumer does not see."""
-        out = np.zeros(self.channels)
-        out[self.members] = to_numpy(self.value)
+        out = np.zeros(self.view.channels)
+        out[self.view.members] = to_numpy(self.value)
         return out
 
 

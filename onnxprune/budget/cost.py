@@ -74,7 +74,7 @@ def head_scale(idx: GraphIndex, groups, counts: dict) -> dict:
     """node -> kept share of heads, for the activation products (QK^T, AV) of head groups."""
     out = {}
     for g in groups:
-        if getattr(g, "unit", "channel") != "head":
+        if g.unit != "head":
             continue
         for name in g.passthrough:
             node = idx.nodes.get(name)

@@ -191,7 +191,7 @@ class ParallelCapturer(Capturer):
         tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
         cut = self.pool.put(submodel(model, tensors).SerializeToString())
         results = self._map(label, "layer_partials", cut, list(consumers), tuple(observers), self.row_mask)
-        return self._reduce(label, start, results, [GramAccumulator(c, self.xp) for c in consumers], observers)
+        return self._reduce(label, start, results, consumers, False, observers)
 
     def plan(self, original: onnx.ModelProto, boundaries: list, index=None) -> None:
         super().plan(original, boundaries, index)
@@ -209,9 +209,7 @@ class ParallelCapturer(Capturer):
         results = self._map(label, "step_partials", self._cid, self._original, self.cacheable, model,
                             original is not None, list(consumers), dict(weights or {}), set(save),
                             tuple(observers), self.row_mask)
-        accs = [GramAccumulator(c, self.xp, asym=original is not None, weight=(weights or {}).get(c.node))
-                for c in consumers]
-        return self._reduce(label, start, results, accs, observers)
+        return self._reduce(label, start, results, consumers, original is not None, observers)
 
     def close(self) -> None:
         if self._cid is not None:
@@ -229,8 +227,11 @@ class ParallelCapturer(Capturer):
 
         return self.pool.map(method, *args, done=done)
 
-    def _reduce(self, label: str, start: float, results: list, accs: list, observers: tuple) -> list:
-        """Add the workers' partial sums in worker order (the fixed order the result depends on)."""
+    def _reduce(self, label: str, start: float, results: list, consumers: list, asym: bool,
+                observers: tuple) -> list:
+        """Add the workers' partial sums in worker order (the fixed order the result depends on);
+        the driver's accumulators only absorb, so they need no target weights."""
+        accs = [GramAccumulator(c, self.xp, asym=asym) for c in consumers]
         for (partials, theirs), _ in results:
             for acc, part in zip(accs, partials):
                 acc.absorb(part)

@@ -46,7 +46,6 @@ class SensitivityAccumulator:
         self.xp = xp
         self.matrix = matrix
         self.view = view
-        self.candidates = view.candidates
         self.value = xp.zeros(view.candidates.shape[0], dtype=xp.float32)
         self._weights = None
         self._step = 1
@@ -85,10 +84,10 @@ class SensitivityAccumulator:
         w = np.empty((features - 1, self.matrix.shape[1]), dtype=np.float32)
         w[order[:-1]] = self.matrix[:-1]                         # design column order[i] = weight row i
         w_pos, w_neg = np.maximum(w, 0), np.maximum(-w, 0)
-        cols = order[self.candidates]                           # (channels, block) design columns
+        cols = order[self.view.candidates]                           # (channels, block) design columns
         self._cols = xp.asarray(cols)
         self._weights = tuple(xp.asarray(a) for a in (w_pos, w_neg, w_pos[cols], w_neg[cols]))
-        per_row = self.candidates.shape[0] * w.shape[1] * 2 + features * 3
+        per_row = self.view.candidates.shape[0] * w.shape[1] * 2 + features * 3
         self._step = max(1, CHUNK_ELEMENTS // (per_row * rows_per_sample))
 
     def _update(self, x) -> None:

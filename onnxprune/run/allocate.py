@@ -21,13 +21,7 @@ from .session import Session
 
 def target(session: Session, opts) -> Target:
     return Target(session.index, session.groups, opts.target, adds_bias=opts.refits,
-                  sample_dims=sample_dims(session))
-
-
-def sample_dims(session: Session) -> dict | None:
-    """input -> dims of one calibration sample (what a dynamic sequence length is for FLOPs)."""
-    calib = session.calibration
-    return None if calib is None else {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
+                  sample_dims=session.sample_dims)
 
 
 def check_budget(session: Session, opts) -> None:

@@ -59,11 +59,9 @@ def class_rows(y: np.ndarray, keep) -> np.ndarray | None:
     """The output's class vectors for argmax, one per row (None: rank <= 1)."""
     if y.ndim <= 1:
         return None
-    if y.ndim == 2:
-        return y
-    if y.ndim == 3:
-        return y[keep] if keep is not None else y.reshape(-1, y.shape[-1])
-    return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    if y.ndim >= 4:                                  # class maps: the classes are axis 1
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    return vector_rows(y, keep)
 
 
 def row_cosines(y: np.ndarray, z: np.ndarray) -> np.ndarray:

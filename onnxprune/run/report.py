@@ -86,7 +86,6 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
     calibration_info = {"source": calib.source, "samples": calib.samples} if calib else None
     if calib is not None:
         calibration_info.update(getattr(calib, "info", {}))    # images, texts, scripts: how they were read
-    if calib is not None:
         calibration_info.update(row_mask_fields(session.mask, masked))
         notes = notes + row_mask_notes(session.mask, masked, captured)
     groups = with_heads(session.groups, groups)
@@ -101,23 +100,18 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
         calibration=calibration_info,
         budget=budget,
         params_before=float_param_count(session.model), params_after=float_param_count(pruned),
-        flops_before=flops_for_samples(session.model, session.index, _sample_dims(session)),
-        flops_after=flops_for_samples(pruned, None, _sample_dims(session)),
+        flops_before=flops_for_samples(session.model, session.index, session.sample_dims),
+        flops_after=flops_for_samples(pruned, None, session.sample_dims),
         groups=groups, skipped=[s.to_dict() for s in session.analysis.skipped], verify=verify,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         tool={"name": "onnxprune", "version": __version__}, notes=notes, refits=refits,
     )
 
 
-def _sample_dims(session) -> dict | None:
-    calib = session.calibration
-    return None if calib is None else {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
-
-
 def with_heads(analysed, groups: list) -> list:
     """The group reports, with what a head group's channels are: `unit` 'head', the head size
     and the Q/K/V projections (channels_before/after then count heads, or KV groups)."""
-    heads = {g.name: g.heads for g in analysed if getattr(g, "unit", "channel") == "head"}
+    heads = {g.name: g.heads for g in analysed if g.unit == "head"}
     out = []
     for d in groups:
         info = heads.get(d["name"])

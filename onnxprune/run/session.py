@@ -36,7 +36,6 @@ class Session:
     analysis: object                 # graph.groups.Analysis
     groups: list
     calibration: Calibration | None
-    row_mask: str | None
     batch_size: int
     device: str
     xp: object
@@ -45,6 +44,17 @@ class Session:
     mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
     notes: tuple = ()                # where shapes static inference left unknown came from
     pool: object | None = None       # Ray capture workers (capture/ray_workers.RayPool); None: this process
+
+    @property
+    def row_mask(self) -> str | None:
+        """The model input whose 0 entries mark padding tokens (None: no row mask)."""
+        return self.mask.name
+
+    @property
+    def sample_dims(self) -> dict | None:
+        """input -> dims of one calibration sample (what a dynamic sequence length is for FLOPs)."""
+        calib = self.calibration
+        return None if calib is None else {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
 
 
 def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
@@ -83,7 +93,7 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
     device, xp = resolve_device(opts.device)
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
     pool = _worker_pool(model, calibration, batch_size, device, xp, opts)
-    return Session(source, model, index, analysis, groups, calibration, mask.name, batch_size, device, xp,
+    return Session(source, model, index, analysis, groups, calibration, batch_size, device, xp,
                    reference, time.perf_counter() - start, mask, tuple(notes), pool)
 
 

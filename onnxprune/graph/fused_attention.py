@@ -115,13 +115,7 @@ def _ms_gqa(idx: GraphIndex, node) -> HeadGroup:
     _no_inputs(node, {3: "a KV cache (past_key)", 4: "a KV cache (past_value)", 10: "an attention bias per head",
                       11: "head sinks (one value per head)"})
     _unused_outputs(idx, node, {1: "present_key", 2: "present_value", 3: "output_qk"})
-    heads, kv = attr(node, "num_heads"), attr(node, "kv_num_heads")
-    streams, dh = _projections(idx, node, heads, kv)
-    per = heads // kv
-    counts = [AttrSite(node.name, "num_heads", (_units(streams[2]),), factor=per),
-              AttrSite(node.name, "kv_num_heads", (_units(streams[2]),))]
-    return _group(idx, node, kv, dh, per, streams, streams[2].producer.node, counts,
-                  "com.microsoft.GroupQueryAttention")
+    return _kv_groups(idx, node, "num_heads", "com.microsoft.GroupQueryAttention")
 
 
 def _onnx_attention(idx: GraphIndex, node) -> HeadGroup:
@@ -131,14 +125,20 @@ def _onnx_attention(idx: GraphIndex, node) -> HeadGroup:
     if _rank(idx, node.input[0]) != 3:
         raise Refusal("Q is not 3-D: the heads come from its shape (q_num_heads is only read for 3-D inputs)")
     _bias_broadcasts_over_heads(idx, node, 3)
-    heads, kv = attr(node, "q_num_heads"), attr(node, "kv_num_heads")
-    if not heads or not kv:
+    if not attr(node, "q_num_heads") or not attr(node, "kv_num_heads"):
         raise Refusal("q_num_heads / kv_num_heads are not set")
+    return _kv_groups(idx, node, "q_num_heads", "ai.onnx.Attention")
+
+
+def _kv_groups(idx: GraphIndex, node, query_attr: str, pattern: str) -> HeadGroup:
+    """A grouped-query op's group: one unit per K/V head with its query heads, the head counts
+    in `query_attr` and kv_num_heads."""
+    heads, kv = attr(node, query_attr), attr(node, "kv_num_heads")
     streams, dh = _projections(idx, node, heads, kv)
     per = heads // kv
-    counts = [AttrSite(node.name, "q_num_heads", (_units(streams[2]),), factor=per),
+    counts = [AttrSite(node.name, query_attr, (_units(streams[2]),), factor=per),
               AttrSite(node.name, "kv_num_heads", (_units(streams[2]),))]
-    return _group(idx, node, kv, dh, per, streams, streams[2].producer.node, counts, "ai.onnx.Attention")
+    return _group(idx, node, kv, dh, per, streams, streams[2].producer.node, counts, pattern)
 
 
 def _projections(idx: GraphIndex, node, heads: int, kv: int) -> tuple:

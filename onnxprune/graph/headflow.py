@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .groups import AttrSite
 from .headdims import leading_kept, reads_axis
 from .heads import HeadGroup, HeadRefusal, HeadStream
-from .headops import Tag, effect, lcm_of
+from .headops import Tag, effect
 from .index import GraphIndex, attr
 from .layout import Layout, Segment
 from .roles import Refusal, consumer, production

@@ -8,7 +8,6 @@ width, an Expand target's head entry) are handed to `flow.count`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -235,10 +234,3 @@ def _unknown(t: Tag, axes) -> Tag:
     if not t.dims:
         return t
     return replace(t, dims=tuple(None if i in axes else d for i, d in enumerate(t.dims)))
-
-
-def lcm_of(values) -> int:
-    out = 1
-    for v in values:
-        out = out * v // math.gcd(out, v)
-    return out

@@ -58,7 +58,7 @@ def apply_group(model: onnx.ModelProto, group: Group, kept, updates: list, alive
             if layout is None and group.heads is not None:       # head blocks: the weight's columns
                 layout = weight_layouts.get(p.weight)
             _slice_unlisted_bias(graph, nodes[p.node], p, tensors, alive, members, kept_mask, layout,
-                                 heads_of=(p.node,) if group.heads is not None else ())
+                                 heads=group.heads is not None)
     for a in group.attr_sites:
         (_write_pad if a.kind == "pad" else _write_count)(graph, nodes[a.node], a, after, taken)
     out = _export_like(graph, model)
@@ -101,21 +101,20 @@ def _write_consumer(graph, node, u, tensors, taken) -> None:
 
 
 def _slice_unlisted_bias(graph, node, producer, tensors, alive, members, kept_mask, layout=None,
-                         heads_of=()) -> None:
+                         heads: bool = False) -> None:
     """Slice a producer bias the analysis did not list as per-channel: one onnxprune added
     earlier, or a scalar bias an earlier refit of this node widened to one value per output.
     `layout`: the producer's output channels as the group names them (part of them may be
-    another group's, see graph/pieces.py); for a projection of attention heads (`heads_of`),
-    its weight's layout, whose blocks are one unit's columns."""
+    another group's, see graph/pieces.py); for a projection of attention heads (`heads`), its
+    weight's layout, whose blocks are one unit's columns."""
     from ..graph.layout import Layout, Segment
 
     bias = tensors[producer.bias] if producer.bias is not None else _added_bias(graph, node)
     if layout is None:
         layout = Layout(0, 1, (Segment(producer.node, 0, kept_mask.size),))
     else:
-        keep_block = producer.node in heads_of
-        layout = Layout(0, 1, layout.segments, block=layout.block if keep_block else 1,
-                        interleaved=layout.interleaved and keep_block)
+        layout = Layout(0, 1, layout.segments, block=layout.block if heads else 1,
+                        interleaved=layout.interleaved and heads)
     total = alive.current_positions(layout)
     if bias is None or np.ndim(bias.values) == 0 or bias.values.shape[-1] != total * layout.block:
         return

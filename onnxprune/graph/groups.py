@@ -221,11 +221,13 @@ class Analysis:
 
     def coverage(self, index) -> dict:
         """Share of Conv/Gemm/MatMul output channels that are prunable (a depthwise Conv's
-        follow its group)."""
+        follow its group; com.microsoft Attention's packed Q/K/V projection counts as one)."""
         inside = {p.node for g in self.groups for p in g.producers} | {n for g in self.groups for n in g.passthrough}
         prunable = total = 0
         for node in index.topo_nodes():
-            if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
+            packed = node.op_type == "Attention" and node.domain == "com.microsoft"    # its QKV weight
+            if not packed and (node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+                               or node.domain not in ("", "ai.onnx")):
                 continue
             width = _output_channels(index, node)
             total += width

@@ -15,6 +15,7 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
+from .msrules import MS, ms_transfer
 from .padding import pad_effect
 from .reshape import flatten_effect, reshape_effect
 from .shapes import normalised, shape_range
@@ -36,6 +37,8 @@ SOFTMAX = {"Softmax", "LogSoftmax", "Hardmax"}
 def transfer(idx: GraphIndex, node, layouts: dict, opset: int) -> Effect:
     """The Effect of `node` given the layouts of its tracked inputs ({input index: Layout})."""
     op = node.op_type
+    if node.domain == MS:
+        return ms_transfer(idx, node, layouts)
     if node.domain not in ("", "ai.onnx"):
         raise Refusal(f"channels reach custom-domain op {node.domain}.{op} ('{node.name}')")
     handler = _HANDLERS.get(op)

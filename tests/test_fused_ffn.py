@@ -1,0 +1,100 @@
+"""FFN hidden units through the com.microsoft activations onnxruntime's optimizer writes
+(graph/msrules.py): BiasGelu, FastGelu (with or without bias), Gelu, QuickGelu.
+
+Checked against onnxruntime: keeping every unit reproduces the model bit for bit, pruning
+without refit equals the original with the removed units' W2 rows zeroed (masked
+equivalence), and the pruned model with the refit runs and its bias input is sliced with the
+units; SkipLayerNormalization / BiasAdd read the hidden size and are refused by name."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import builders as B
+import fused_ffn as F
+from onnxprune import analyze, prune
+from onnxprune.capture.shapes import infer_symbolic
+from onnxprune.graph.index import GraphIndex
+from onnxprune.io.modelio import load_model, normalize
+from test_fixtures_transformers import calib_and_check
+from test_masked_equivalence import assert_masked_equivalent
+
+HERE = Path(__file__).parent / "fixtures" / "transformers"
+
+
+def _ffn_group(model):
+    (g,) = [g for g in analyze(normalize(model)).groups if g.name == "fc1"]
+    return g
+
+
+@pytest.mark.parametrize("act", F.ACTIVATIONS)
+def test_ffn_units_are_a_group(act):
+    g = _ffn_group(F.ffn(act))
+    assert g.channels == F.HIDDEN and [c.node for c in g.consumers] == ["fc2"]
+    assert "act" in g.passthrough
+    assert ("b1" in {s.name for s in g.sites}) == (act in ("BiasGelu", "FastGelu"))
+
+
+@pytest.mark.parametrize("act", F.ACTIVATIONS)
+def test_keeping_every_unit_changes_nothing(act):
+    model, data = F.ffn(act), F.inputs(6, 3)
+    pruned, _ = prune(model, data, keep=1.0)
+    np.testing.assert_array_equal(B.run(model, data)[0], B.run(pruned, data)[0])
+
+
+@pytest.mark.parametrize("keep", (0.3, 0.6))
+@pytest.mark.parametrize("act", F.ACTIVATIONS)
+def test_masked_equivalence(act, keep):
+    _, groups, kept = assert_masked_equivalent(F.ffn(act), F.inputs(40, 1), F.inputs(5, 7), keep)
+    assert 0 < len(kept["fc1"]) < F.HIDDEN
+
+
+@pytest.mark.parametrize("act", ("BiasGelu", "FastGelu"))
+def test_bias_is_sliced_and_refit_runs(act):
+    model, calib, check = F.ffn(act), F.inputs(40, 1), F.inputs(8, 7)
+    pruned, report = prune(model, calib, keep=0.5)
+    (kept,) = [g["kept"] for g in report.groups if g["name"] == "fc1"]
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    np.testing.assert_array_equal(got["b1"], w["b1"][kept])
+    np.testing.assert_array_equal(got["W1"], w["W1"][:, kept])
+    want, out = B.run(model, check)[0], B.run(pruned, check)[0]
+    assert out.shape == want.shape and np.isfinite(out).all()
+    # the refit of W2 makes the half-width block close to the original on held-out inputs
+    assert np.linalg.norm(out - want) < 0.5 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(shared_bias=True), "shares its bias 'b1'"),
+    (dict(computed_bias=True), "computed bias"),
+])
+def test_bias_refusals(kw, fragment):
+    analysis = analyze(normalize(F.ffn("BiasGelu", **kw)))
+    assert not [g for g in analysis.groups if g.name == "fc1"]
+    assert fragment in {s.node: s.reason for s in analysis.skipped}["fc1"]
+
+
+def test_skip_layer_norm_reads_the_hidden_size():
+    """With the shapes `onnxprune analyze` fills by symbolic inference, fc2's output is known
+    and its refusal is SkipLayerNormalization's."""
+    model = normalize(F.ffn())
+    index = GraphIndex.build(model)
+    infer_symbolic(model, index)
+    reasons = {s.node: s.reason for s in analyze(model, index=index).skipped}
+    assert "SkipLayerNormalization 'skip_ln', which normalises over the hidden axis" in reasons["fc2"]
+
+
+FIXTURES = {"bert_hf_attention": ["/layers.0/intermediate/MatMul", "/layers.1/intermediate/MatMul"],
+            "bert_hf_mha": ["/layers.0/intermediate/MatMul", "/layers.1/intermediate/MatMul"],
+            "vit_tiny_fused": ["/layers.0/fc1/MatMul", "/layers.1/fc1/MatMul"]}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_optimizer_fixture_ffn_masked_equivalence(name):
+    """The optimizer's BiasGelu FFNs are groups; pruned with the heads they stay masked-equivalent."""
+    calib, check = calib_and_check(name)
+    _, groups, kept = assert_masked_equivalent(load_model(HERE / f"{name}.onnx"), calib, check, 0.5, mode="layer")
+    groups = {g.name: g for g in groups}
+    assert all(groups[n].channels == 64 and groups[n].unit != "head" for n in FIXTURES[name])
+    assert all(len(kept[n]) < 64 for n in FIXTURES[name])

@@ -152,6 +152,35 @@ def onnx_attention(heads=4, kv=2, dh=4, seed=0, mask=None, causal=1):
     return _model(nodes, inits, [_x(5 if mask is not None else "T")], [_y()], opsets=(("", 23),), ir=11)
 
 
+def onnx_attention_4d(heads=4, kv=2, dh=4, seed=0, mask=None, causal=1, present_read=False, num_heads_attr=False):
+    """ai.onnx Attention (opset 23) on 4-D Q/K/V [N, heads, T, dh], as the torch exporter writes
+    it: each projection Reshaped to [N, T, heads, dh] and Transposed; the output [N, heads, T, dh]
+    Transposed and Reshaped back to [N, T, heads*dh] for O. mask: a constant additive mask
+    shape, or None; present_read: present_key is a model output."""
+    rng = _rng(seed)
+    inits, nodes = {}, []
+    _qkv(rng, inits, nodes, [heads * dh, kv * dh, kv * dh])
+    for p, h in zip("qkv", (heads, kv, kv)):
+        inits[f"shape_{p}"] = np.array([0, 0, h, dh], dtype=np.int64)
+        nodes += [helper.make_node("Reshape", [p, f"shape_{p}"], [f"{p}4"], name=f"{p}_split"),
+                  helper.make_node("Transpose", [f"{p}4"], [f"{p}t"], name=f"{p}_heads", perm=[0, 2, 1, 3])]
+    ins, outs = ["qt", "kt", "vt"], ["attn4"]
+    if mask is not None:
+        inits["mask"] = rng.standard_normal(mask) * 0.1
+        ins.append("mask")
+    outputs = [_y()]
+    if present_read:
+        outs += ["present_key"]
+        outputs.append(helper.make_tensor_value_info("present_key", TensorProto.FLOAT, None))
+    extra = dict(q_num_heads=heads, kv_num_heads=kv) if num_heads_attr else {}
+    nodes += [helper.make_node("Attention", ins, outs, name="attention", is_causal=causal, **extra),
+              helper.make_node("Transpose", ["attn4"], ["attn_t"], name="merge_t", perm=[0, 2, 1, 3])]
+    inits["shape_o"] = np.array([0, 0, heads * dh], dtype=np.int64)
+    nodes.append(helper.make_node("Reshape", ["attn_t", "shape_o"], ["attn"], name="merge"))
+    _o(heads * dh, rng, inits, nodes)
+    return _model(nodes, inits, [_x(5 if mask is not None else "T")], outputs, opsets=(("", 23),), ir=11)
+
+
 def two_layers(op="gqa", heads=4, kv=2, dh=8, seed=0, biases=True):
     """Two blocks in a row (block 2 reads block 1's output + x): a refit of block 2's
     projections (their input drifted once block 1 is pruned) adds biases a later head

@@ -67,7 +67,7 @@ GROUPS = {
                    "/layers.0/self_attn/q_proj/MatMul": 2, "/layers.1/self_attn/q_proj/MatMul": 2},   # KV groups
     "sdpa_encoder": {"/layers.0/fc1/MatMul": 64, "/layers.1/fc1/MatMul": 64, "/layers.0/q/MatMul": 4,
                      "/layers.1/q/MatMul": 4},
-    "sdpa_attention23": {"node_MatMul_61": 64, "node_MatMul_96": 64},
+    "sdpa_attention23": {"node_MatMul_61": 64, "node_MatMul_96": 64, "node_MatMul_30": 4, "node_MatMul_65": 4},
     "gqa_tiny": {"/attn/q_proj/MatMul": 2},
     "attention23_gqa": {"/attn/q_proj/MatMul": 2, "/mlp/gate_proj/MatMul": 64},
 }

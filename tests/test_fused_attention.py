@@ -35,6 +35,12 @@ BLOCKS = {   # name -> (builder, pattern, units, query heads per unit)
     "onnx_attention_gqa": (F.onnx_attention, "ai.onnx.Attention", 2, 2),
     "onnx_attention_mha": (lambda: F.onnx_attention(kv=4), "ai.onnx.Attention", 4, 1),
     "onnx_attention_2d_mask": (lambda: F.onnx_attention(mask=(5, 5), causal=0), "ai.onnx.Attention", 2, 2),
+    # 4-D Q/K/V [N, heads, T, dh] from Reshape + Transpose of the projections (graph/headattn.py)
+    "onnx_attention_4d_gqa": (F.onnx_attention_4d, "ai.onnx.Attention (4-D)", 2, 2),
+    "onnx_attention_4d_mha": (lambda: F.onnx_attention_4d(kv=4), "ai.onnx.Attention (4-D)", 4, 1),
+    "onnx_attention_4d_mask": (lambda: F.onnx_attention_4d(mask=(1, 1, 5, 5), causal=0), "ai.onnx.Attention (4-D)",
+                               2, 2),
+    "onnx_attention_4d_2d_mask": (lambda: F.onnx_attention_4d(mask=(5, 5)), "ai.onnx.Attention (4-D)", 2, 2),
 }
 
 REFUSED = {  # name -> (builder, reason fragment, node carrying the reason)
@@ -47,6 +53,11 @@ REFUSED = {  # name -> (builder, reason fragment, node carrying the reason)
     "gqa_present_read": (lambda: F.ms_gqa(present_read=True), "present_key is read", "q_proj"),
     "gqa_packed": (lambda: F.ms_gqa(packed=True), "packed QKV", "q_proj"),
     "onnx_attention_mask_per_head": (lambda: F.onnx_attention(mask=(1, 4, 5, 5)), "one slice per head", "q_proj"),
+    "onnx_attention_4d_mask_per_head": (lambda: F.onnx_attention_4d(mask=(1, 4, 5, 5)), "one slice per head",
+                                        "q_proj"),
+    "onnx_attention_4d_present_read": (lambda: F.onnx_attention_4d(present_read=True), "present_key is read",
+                                       "q_proj"),
+    "onnx_attention_4d_head_attrs": (lambda: F.onnx_attention_4d(num_heads_attr=True), "q_num_heads", "q_proj"),
 }
 
 FIXTURES = {  # fused fixture -> {group: (pattern, units)}
@@ -138,11 +149,16 @@ def test_refusals_name_the_reason(name):
     assert fragment in reasons[node], reasons
 
 
-def test_four_d_onnx_attention_is_left_to_the_shape_follower():
-    """The dynamo export's Attention on 4-D q/k/v: heads come from the Reshapes, not counted here."""
-    analysis = analyze(load_model(HERE / "sdpa_attention23.onnx"))
-    assert not [g for g in analysis.groups if g.unit == "head"]
-    assert any("Q is not 3-D" in s.reason for s in analysis.skipped if s.op == "Attention")
+def test_four_d_onnx_attention_heads_follow_the_reshapes():
+    """The dynamo export's Attention on 4-D q/k/v: the head flow follows the Reshape + Transpose
+    of each projection through the op (graph/headattn.py) to O; masked-equivalent when pruned."""
+    groups = {g.name: g for g in heads_of(load_model(HERE / "sdpa_attention23.onnx"))}
+    assert {k: (g.heads.pattern, g.channels) for k, g in groups.items()} == {
+        "node_MatMul_30": ("ai.onnx.Attention (4-D)", 4), "node_MatMul_65": ("ai.onnx.Attention (4-D)", 4)}
+    calib, check = calib_and_check("sdpa_attention23")
+    _, _, kept = assert_masked_equivalent(load_model(HERE / "sdpa_attention23.onnx"), calib, check, 0.5,
+                                          mode="layer")
+    assert len(kept["node_MatMul_30"]) < 4 and len(kept["node_MatMul_65"]) < 4
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
@@ -182,7 +198,7 @@ def test_fused_and_unfused_bert_prune_alike():
 
 
 @pytest.mark.parametrize("method", ["weight-norm", "random"])
-@pytest.mark.parametrize("name", ["attention", "mha_packed_bias", "gqa", "onnx_attention_gqa"])
+@pytest.mark.parametrize("name", ["attention", "mha_packed_bias", "gqa", "onnx_attention_gqa", "onnx_attention_4d_gqa"])
 def test_masked_equivalence_other_methods(name, method):
     model = BLOCKS[name][0]()
     assert_masked_equivalent(model, F.inputs(model, 24, 1), F.inputs(model, 5, 7), 0.5, method=method, mode="layer")

@@ -50,6 +50,8 @@ def fused_attention(idx: GraphIndex, opset: int) -> list:
         detect = _DETECT.get((node.domain or "ai.onnx", node.op_type))
         if detect is None:
             continue
+        if detect is _onnx_attention and _rank(idx, node.input[0]) == 4:
+            continue        # heads from the Reshapes of the projections: the head flow's (headattn.py)
         try:
             out.append(detect(idx, node))
         except Refusal as why:

@@ -331,6 +331,8 @@ class _Flow:
                                                  block=positions // units * dh))
         order = self.idx.order.__getitem__
         nodes = sorted({n for b in parts for n in b.nodes}, key=order)
+        fused = any(self.idx.nodes[n].op_type == "Attention" for n in nodes)     # headattn.py
         return HeadGroup(units=units, head_dim=dh, queries_per_unit=positions // units, streams=tuple(streams),
                          output=o, counts=tuple(counts), nodes=tuple(nodes),
-                         tensors=tuple(t for b in parts for t in b.tensors))
+                         tensors=tuple(t for b in parts for t in b.tensors),
+                         pattern="ai.onnx.Attention (4-D)" if fused else "unfused")

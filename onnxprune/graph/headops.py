@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .headattn import attention_4d
 from .headdims import entry_at, size_one_at
 from .index import attr
 from .roles import Refusal
@@ -76,6 +77,8 @@ def effect(flow, node, tagged: dict) -> dict:
         return {}
     if op in ("Slice", "Split", "Concat"):
         return along_other_axis(flow, node, tagged)
+    if op == "Attention":
+        return {node.output[0]: attention_4d(flow, node, tagged)}
     raise Refusal(f"heads reach {op} '{node.name}', which onnxprune does not follow for heads")
 
 

@@ -16,6 +16,8 @@ count. What keeps head h of the output a function of head h's Q, K, V (else Refu
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .headdims import size_one_at
 from .index import attr
 from .roles import Refusal
@@ -25,9 +27,8 @@ EXTRA_OUTPUTS = {1: "present_key", 2: "present_value", 3: "qk_matmul_output"}
 
 
 def attention_4d(flow, node, tagged: dict):
-    """The output Tag of a 4-D ai.onnx Attention reading heads on Q, K and V."""
-    from .headops import Tag
-
+    """The output Tag (headops.Tag) of a 4-D ai.onnx Attention reading heads on Q, K and V:
+    Q's, with V's head features and the K/V grouping."""
     name = f"Attention '{node.name}'"
     if not {0, 1, 2} <= set(tagged) or set(tagged) - {0, 1, 2}:
         raise Refusal(f"heads enter {name} other than as its Q, K and V")
@@ -57,4 +58,4 @@ def attention_4d(flow, node, tagged: dict):
     flow.role(k.root, "k")
     flow.role(v.root, "v")
     dims = q.dims[:3] + v.dims[3:] if q.dims and v.dims else ()
-    return Tag(1, 4, q.heads, 3, v.root, dims, max(q.group, ratio * k.group, ratio * v.group))
+    return replace(q, root=v.root, dims=dims, group=max(q.group, ratio * k.group, ratio * v.group))

@@ -96,7 +96,7 @@ class Target:
             self.before = float_param_count(idx.model)
         else:
             self.before = model_flops(idx.model, idx)
-            static = sample_index(idx.model, sample_dims) if not self.before and sample_dims else None
+            static = sample_index(idx.model, sample_dims, idx) if not self.before and sample_dims else None
             if static is not None:
                 self.idx, self.before = static, model_flops(static.model, static)
             if not self.before:

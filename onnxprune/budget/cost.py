@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attnflops import is_attention
 from .flops import model_flops
 from ..graph.index import GraphIndex, float_param_count
 
@@ -71,14 +72,16 @@ def flops_after(idx: GraphIndex, groups, counts: dict) -> int | None:
 
 
 def head_scale(idx: GraphIndex, groups, counts: dict) -> dict:
-    """node -> kept share of heads, for the activation products (QK^T, AV) of head groups."""
+    """node -> kept share of heads, for the activation products (QK^T, AV) of head groups: the
+    batched MatMuls of an unfused block, the fused attention op itself (attnflops.py)."""
     out = {}
     for g in groups:
         if g.unit != "head":
             continue
         for name in g.passthrough:
             node = idx.nodes.get(name)
-            if node is not None and node.op_type == "MatMul" and not idx.is_constant(node.input[1]):
+            if node is not None and (is_attention(node) or node.op_type == "MatMul"
+                                     and not idx.is_constant(node.input[1])):
                 out[name] = counts[g.name] / g.channels
     return out
 

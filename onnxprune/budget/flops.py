@@ -1,4 +1,5 @@
-"""FLOPs of the matrix-multiply layers (Conv, ConvTranspose, Gemm, MatMul) for one sample.
+"""FLOPs of the matrix-multiply layers (Conv, ConvTranspose, Gemm, MatMul) and of the fused
+attention ops (attnflops.py: QK^T, AV and com.microsoft Attention's projection) for one sample.
 
 FLOPs = 2 x multiply-accumulates. Symbolic batch dimensions count as 1; any other unknown
 dimension makes the total unknown (None) rather than a guess. A sequence length (or image
@@ -12,6 +13,7 @@ import math
 import onnx
 
 from ..graph.index import GraphIndex, attr
+from .attnflops import attention_macs, is_attention, projection_macs
 
 
 def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_dims: dict | None = None,
@@ -24,6 +26,12 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
     weight_dims, scale = weight_dims or {}, scale or {}
     total = 0
     for node in idx.topo_nodes():
+        if is_attention(node):
+            macs = _attention_node(idx, node, weight_dims, scale.get(node.name, 1.0))
+            if macs is None:
+                return None
+            total += macs
+            continue
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
         macs = _macs(idx, node)
@@ -38,6 +46,18 @@ def model_flops(model: onnx.ModelProto, index: GraphIndex | None = None, weight_
     return 2 * total
 
 
+def _attention_node(idx: GraphIndex, node, weight_dims: dict, share: float) -> int | None:
+    """A fused attention op: its QK^T and AV products (x the kept share of heads) and, for
+    com.microsoft Attention, its packed projection (scaled by the planned weight size)."""
+    products, projection = attention_macs(idx, node), projection_macs(idx, node)
+    if products is None or projection is None:
+        return None
+    weight = node.input[1] if projection else None
+    if weight in weight_dims:
+        projection = projection // math.prod(idx.shapes[weight]) * math.prod(weight_dims[weight])
+    return projection + int(round(products * share))
+
+
 def _matmul_dims(a, b):
     """MatMul's output dims from its inputs' (a model output may keep unknown declared dims)."""
     if a is None or b is None or len(a) < 2 or len(b) < 2:
@@ -48,10 +68,12 @@ def _matmul_dims(a, b):
     return [max(x, y) for x, y in zip(batch_a, batch_b)] + [a[-2], b[-1]]
 
 
-def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None:
+def sample_index(model: onnx.ModelProto, sample_dims: dict, known: GraphIndex | None = None) -> GraphIndex | None:
     """An index of `model` whose inputs have the calibration samples' dims (the batch stays
     symbolic), for counting FLOPs of a model with a dynamic sequence length or image size;
-    None when nothing is dynamic besides the batch or no sample dims fit."""
+    None when nothing is dynamic besides the batch or no sample dims fit. `known`: an index of
+    the same model whose fallback shapes (symbolic inference through com.microsoft ops, where
+    ONNX inference stops) fill what the static one lacks, their symbols set from the samples."""
     changed = False
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -72,14 +94,46 @@ def sample_index(model: onnx.ModelProto, sample_dims: dict) -> GraphIndex | None
             for d in vi.type.tensor_type.shape.dim:
                 if not d.HasField("dim_value"):
                     d.ClearField("dim_param")
-    return GraphIndex.build(out)
+    static = GraphIndex.build(out)
+    if known is not None:
+        _fill_from(static, known, _symbol_values(model, sample_dims))
+    return static
+
+
+def _symbol_values(model: onnx.ModelProto, sample_dims: dict) -> dict:
+    """Symbolic input dim name -> its size in the calibration samples (the batch excluded)."""
+    values = {}
+    for vi in model.graph.input:
+        dims = sample_dims.get(vi.name)
+        shape = list(vi.type.tensor_type.shape.dim) if vi.type.HasField("tensor_type") else []
+        if dims is not None and len(shape) == len(dims) + 1:
+            values.update({d.dim_param: int(n) for d, n in zip(shape[1:], dims) if d.dim_param})
+    return values
+
+
+def _fill_from(static: GraphIndex, known: GraphIndex, values: dict) -> None:
+    """Shapes `static` lacks, from `known`'s dims with the sample sizes put in for symbols; the
+    first (batch) dim may stay symbolic, a symbol without a sample size leaves the shape unknown."""
+    found = {}
+    for name, dims in known.model_dims.items():
+        if static.dims(name, batch=1) is not None or not dims:
+            continue
+        new = [dims[0] if isinstance(dims[0], int) else None]
+        new += [d if isinstance(d, int) else values.get(d) for d in dims[1:]]
+        if all(d is not None for d in new[1:]):
+            found[name] = (known.elem_types.get(name), tuple(new))
+    for name, (elem, dims) in found.items():
+        static.model_dims[name] = dims
+        static.shapes[name] = dims
+        static.shape_sources[name] = known.shape_sources.get(name, "symbolic")
 
 
 def flops_for_samples(model: onnx.ModelProto, index: GraphIndex | None, sample_dims: dict | None) -> int | None:
-    """model_flops, with dynamic non-batch dims taken from the samples when needed."""
+    """model_flops, with dynamic non-batch dims taken from the samples when needed (and the
+    shapes `index` got by fallback where static inference stops)."""
     flops = model_flops(model, index)
     if flops is None and sample_dims:
-        static = sample_index(model, sample_dims)
+        static = sample_index(model, sample_dims, index)
         flops = model_flops(static.model, static) if static is not None else None
     return flops
 

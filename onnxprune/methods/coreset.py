@@ -13,7 +13,8 @@ maximised over every output of every consumer.
 Coupled groups (several producers whose channels are added or multiplied) sum the norms of
 their points: |w1.x1 + w2.x2| <= (||w1|| + ||w2||) beta, the same bound for every member.
 Weights are read from the current model, so with groups pruned first to last each layer sees
-the already-compressed (and importance-weighted) previous one, as in the paper.
+the already-compressed (and importance-weighted) previous one, as in the paper. A head's point
+is its own Q, K and V columns, also where they are packed in one weight (coreset_heads.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..graph.groups import Group
 from ..graph.layout import Alive
 from . import importance
 from .base import Method, SelectContext, Selection
+from .coreset_heads import head_point_norms
 
 
 class Coreset(Method):
@@ -46,6 +48,8 @@ def sensitivities(idx: GraphIndex, group: Group, alive: Alive, consumer_rows: li
     for rows in consumer_rows:
         r = np.abs(np.asarray(rows, dtype=np.float64)).reshape(group.channels, -1, rows.shape[-1])
         outgoing = np.maximum(outgoing, r.sum(axis=1).max(axis=1))
+    if group.unit == "head":                 # Q, K, V columns of each head (coreset_heads.py)
+        return outgoing * beta * head_point_norms(idx, group, alive)
     phi = activation(idx, group)
     return outgoing * phi(beta * point_norms(idx, group, alive))
 

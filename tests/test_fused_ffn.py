@@ -5,16 +5,19 @@ Checked against onnxruntime: keeping every unit reproduces the model bit for bit
 without refit equals the original with the removed units' W2 rows zeroed (masked
 equivalence), and the pruned model with the refit runs and its bias input is sliced with the
 units; SkipLayerNormalization / BiasAdd read the hidden size and are refused by name."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from onnx import numpy_helper
 
 import builders as B
 import fused_ffn as F
 from onnxprune import analyze, prune
 from onnxprune.capture.shapes import infer_symbolic
+from onnxprune.cli import main
 from onnxprune.graph.index import GraphIndex
 from onnxprune.io.modelio import load_model, normalize
 from test_fixtures_transformers import calib_and_check
@@ -87,7 +90,8 @@ def test_skip_layer_norm_reads_the_hidden_size():
 
 FIXTURES = {"bert_hf_attention": ["/layers.0/intermediate/MatMul", "/layers.1/intermediate/MatMul"],
             "bert_hf_mha": ["/layers.0/intermediate/MatMul", "/layers.1/intermediate/MatMul"],
-            "vit_tiny_fused": ["/layers.0/fc1/MatMul", "/layers.1/fc1/MatMul"]}
+            "vit_tiny_fused": ["/layers.0/fc1/MatMul", "/layers.1/fc1/MatMul"],
+            "gpt2_tiny_fused": ["/h.0/c_fc/MatMul", "/h.1/c_fc/MatMul"]}       # FastGelu
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
@@ -98,3 +102,17 @@ def test_optimizer_fixture_ffn_masked_equivalence(name):
     groups = {g.name: g for g in groups}
     assert all(groups[n].channels == 64 and groups[n].unit != "head" for n in FIXTURES[name])
     assert all(len(kept[n]) < 64 for n in FIXTURES[name])
+
+
+# `onnxprune analyze` (symbolic shapes, no data): prunable / total output channels
+COVERAGE = {"bert_hf_attention": (352, 482), "bert_hf_mha": (352, 482), "vit_tiny_fused": (345, 515)}
+
+
+@pytest.mark.parametrize("name", sorted(COVERAGE))
+def test_analyze_coverage_of_optimizer_fixtures(name):
+    """The fused BERT graphs report what the unfused export reports: heads of the packed
+    com.microsoft Attention weight and FFN units through BiasGelu (11% / 46% / 29% before)."""
+    result = CliRunner().invoke(main, ["analyze", str(HERE / f"{name}.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    cov = json.loads(result.output[result.output.index("{"):])["coverage"]
+    assert (cov["prunable_channels"], cov["total_channels"]) == COVERAGE[name]

@@ -177,22 +177,23 @@ def test_fused_fixture_masked_equivalence(name):
 
 
 def test_fused_and_unfused_bert_prune_alike():
-    """The optimizer's Attention / MultiHeadAttention compute what the export computes: half the
-    heads pruned with the refit of O pick the same heads and give the same outputs on held-out
-    samples in all three (the export's FFN groups held whole by --ffn-keep 1)."""
+    """The optimizer's Attention / MultiHeadAttention and BiasGelu compute what the export
+    computes: half the heads and half the FFN units pruned with the refit of O and of the FFN's
+    second MatMul pick the same heads and units and give the same outputs on held-out samples
+    in all three graphs."""
     data, _ = arrays("bert_hf")
     calib, check = {k: v[:24] for k, v in data.items()}, {k: v[24:] for k, v in data.items()}
     query = [f"/layers.{i}/attention/query/MatMul" for i in (0, 1)]
+    ffn = [f"/layers.{i}/intermediate/MatMul" for i in (0, 1)]
     picks, outputs = [], []
-    budget = dict(heads_keep=0.5, ffn_keep=1.0)       # the fused graphs' FFNs are prunable too
     for name, heads in (("bert_hf", query), ("bert_hf_attention", ["Attention_0", "Attention_1"]),
                         ("bert_hf_mha", query)):
-        pruned, report = prune(load_model(HERE / f"{name}.onnx"), calib, refit="consumers", **budget)
+        pruned, report = prune(load_model(HERE / f"{name}.onnx"), calib, refit="consumers", keep=0.5)
         kept = {g["name"]: g["kept"] for g in report.groups}
-        picks.append([kept[h] for h in heads])
+        picks.append([kept[h] for h in heads + ffn])
         outputs.append(B.run(pruned, check)[0])
     assert picks[0] == picks[1] == picks[2]
-    assert [len(k) for k in picks[0]] == [2, 2]
+    assert [len(k) for k in picks[0]] == [2, 2, 32, 32]
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
     np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-5)
 

@@ -126,10 +126,37 @@ class GraphIndex:
                     out.append(name)
         return out
 
-    def fill_shapes(self, found: dict, source: str) -> list:
+    def fill_shapes(self, found: dict, source: str, propagate: bool = True) -> list:
         """Take `found` ({tensor: (elem type, dims)}, a dim an int, a symbol name or None)
         only where shapes are unknown: a missing shape, or an unnamed unknown dim of the same
-        rank. Returns the tensors that gained something, recorded as coming from `source`."""
+        rank. Returns the tensors that gained something, recorded as coming from `source`;
+        with `propagate`, static inference then runs again from them (`_propagate`)."""
+        filled = self._fill(found, source)
+        if filled and propagate:
+            self._propagate(source)
+        return filled
+
+    def _propagate(self, source: str) -> None:
+        """ONNX inference stops at an op it does not know (a com.microsoft fused op) and
+        onnxruntime's symbolic inference may stop a few ops later; with the filled shapes given
+        as value_info, static inference types the standard ops after them too (recorded as
+        coming from `source`, their origin)."""
+        graph = self.model.graph
+        before = len(graph.value_info)
+        graph.value_info.extend(onnx.helper.make_tensor_value_info(n, self.elem_types[n], list(self.model_dims[n]))
+                                for n in self.shape_sources if self.elem_types.get(n))
+        try:
+            unknown = set(self.unknown_shapes())
+            inferred = infer_shapes(self.model) if unknown else None
+        finally:
+            del graph.value_info[before:]
+        if inferred is None:
+            return
+        found = {vi.name: (vi.type.tensor_type.elem_type, _symbolic_dims(vi)) for vi in inferred.graph.value_info
+                 if vi.name in unknown and _value_info_dims(vi) is not None}
+        self._fill(found, source)
+
+    def _fill(self, found: dict, source: str) -> list:
         filled = []
         for name, (elem, dims) in found.items():
             dims = tuple(dims)

@@ -10,6 +10,7 @@ import pytest
 
 import attention as A
 import fused_ops as F
+from onnxprune import analyze
 from onnxprune.graph.layout import Alive
 from onnxprune.io.modelio import normalize
 from onnxprune.methods import coreset
@@ -29,13 +30,8 @@ def _expected(w, pieces, wo, block):
 
 def _scores(model, beta=1.0):
     model = normalize(model)
-    idx, g, _, _, rows = group_inputs(model, next(x.name for x in _groups(model) if x.unit == "head"))
+    idx, g, _, _, rows = group_inputs(model, next(x.name for x in analyze(model).groups if x.unit == "head"))
     return weights(model), g, coreset.sensitivities(idx, g, Alive(), rows, beta)
-
-
-def _groups(model):
-    from onnxprune import analyze
-    return analyze(model).groups
 
 
 def _cols(lo, n):

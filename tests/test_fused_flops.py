@@ -20,7 +20,7 @@ from onnxprune.run.options import PruneOptions
 S, IN, OUT = 5, 16, 8
 
 
-def _macs(q_heads, kv_heads, dh, packed=False):
+def _macs(q_heads, kv_heads, dh):
     """Hand count for one sample: projections of x (packed in the op or three MatMuls), QK^T + AV
     of every query head, O."""
     qw, kvw = q_heads * dh, kv_heads * dh

@@ -68,7 +68,6 @@ def _ms_attention(idx, node):
 def _ms_mha(idx, node):
     q, k, v = (_dims(idx, node, i) for i in range(3))
     past = _past_length(idx, node, 6, 2)         # past_key [batch, heads, past, head_size]
-    heads = attr(node, "num_heads")
     if q is None or k is None or v is None or past is None or len(q) != 3:
         return None                              # packed QKV / KV forms are not counted
     if len(k) == 3 and len(v) == 3:
@@ -94,18 +93,14 @@ def _ms_gqa(idx, node):
 
 def _onnx_attention(idx, node):
     q, k, v = (_dims(idx, node, i) for i in range(3))
-    if q is None or k is None or v is None:
+    past = _past_length(idx, node, 4, 2)         # past_key [batch, kv heads, past, head_size]
+    if q is None or k is None or v is None or past is None:
         return None
     if len(q) == 4:                              # [batch, heads, sequence, head_size]
-        hq, s, dh = q[1], q[2], q[3]
-        t, dv, hv = k[2], v[3], v[1]
-        past = _past_length(idx, node, 4, 2)
+        hq, s, dh, t, dv = q[1], q[2], q[3], k[2], v[3]
     else:
         hq, hv = attr(node, "q_num_heads"), attr(node, "kv_num_heads")
         if not hq or not hv:
             return None
         s, dh, t, dv = q[1], q[2] // hq, k[1], v[2] // hv
-        past = _past_length(idx, node, 4, 2)
-    if past is None:
-        return None
     return s * (t + past) * hq * (dh + dv)

@@ -52,6 +52,12 @@ def _value_info_dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     return tuple(static_dim(d) for d in t.tensor_type.shape.dim)
 
 
+def _named(dims) -> list:
+    """Dims for a value_info: ints and real symbols; an unknown or merely measured-as-dynamic
+    dim (capture/shapes.py's 'measured_dynamic') has no name, so no two of them are equated."""
+    return [None if unknown_dim(d) or d == "measured_dynamic" else d for d in dims]
+
+
 def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
     return tuple((d.dim_param or None) if static_dim(d) is None else static_dim(d)
                  for d in value_info.type.tensor_type.shape.dim)
@@ -143,7 +149,7 @@ class GraphIndex:
         coming from `source`, their origin)."""
         graph = self.model.graph
         before = len(graph.value_info)
-        graph.value_info.extend(onnx.helper.make_tensor_value_info(n, self.elem_types[n], list(self.model_dims[n]))
+        graph.value_info.extend(onnx.helper.make_tensor_value_info(n, self.elem_types[n], _named(self.model_dims[n]))
                                 for n in self.shape_sources if self.elem_types.get(n))
         try:
             unknown = set(self.unknown_shapes())

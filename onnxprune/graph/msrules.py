@@ -11,8 +11,6 @@ is refused as unknown. Pure graph work, like oprules.py (which dispatches here).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .groups import ParamSite
 from .index import GraphIndex
 from .roles import Effect, Refusal
@@ -71,7 +69,7 @@ def _column_bias(idx: GraphIndex, node, name: str, layout) -> ParamSite:
         raise Refusal(f"{node.op_type} '{node.name}' shares its bias '{name}' with another node (tied weights)")
     shape = list(idx.shapes[name])
     width = layout.positions * layout.block
-    if layout.axis != layout.rank - 1 or shape != [width] or np.prod(shape) != width:
+    if layout.axis != layout.rank - 1 or shape != [width]:
         raise Refusal(f"bias '{name}' {shape} of {node.op_type} '{node.name}' is not one value per "
                       f"channel column on the last axis")
     return ParamSite(name, 0, layout)

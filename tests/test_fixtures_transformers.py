@@ -53,22 +53,24 @@ OPS = {
 # attention heads (channels = heads, or KV groups) of the unfused exports graph/headflow.py
 # follows and of the fused ops graph/fused_attention.py knows
 Q = "/layers.{}/attention/query/MatMul"
+FF = "/layers.{}/intermediate/MatMul"
 GROUPS = {
     "bert_hf": {"/layers.0/intermediate/MatMul": 64, "/layers.1/intermediate/MatMul": 64, "/pooler/Gemm": 32,
                 Q.format(0): 4, Q.format(1): 4},
-    "bert_hf_attention": {"Attention_0": 4, "Attention_1": 4},
-    "bert_hf_mha": {Q.format(0): 4, Q.format(1): 4},
+    # the optimizer's FFNs (BiasGelu / FastGelu) found without data: ranks through its fused ops
+    "bert_hf_attention": {"Attention_0": 4, "Attention_1": 4, FF.format(0): 64, FF.format(1): 64},
+    "bert_hf_mha": {Q.format(0): 4, Q.format(1): 4, FF.format(0): 64, FF.format(1): 64},
     "vit_tiny": {"/layers.0/fc1/MatMul": 64, "/layers.1/fc1/MatMul": 64, Q.format(0): 4, Q.format(1): 4},
-    "vit_tiny_fused": {Q.format(0): 4, "Attention_0": 4},
+    "vit_tiny_fused": {Q.format(0): 4, "Attention_0": 4, "/layers.0/fc1/MatMul": 64, "/layers.1/fc1/MatMul": 64},
     "gpt2_tiny": {"/h.0/c_fc/MatMul": 64, "/h.1/c_fc/MatMul": 64, "/h.0/attn/c_attn/MatMul": 4,
                   "/h.1/attn/c_attn/MatMul": 4},
-    "gpt2_tiny_fused": {"/h.0/attn/c_attn/MatMul": 4},
+    "gpt2_tiny_fused": {"/h.0/attn/c_attn/MatMul": 4, "/h.0/c_fc/MatMul": 64, "/h.1/c_fc/MatMul": 64},
     "llama_tiny": {"/layers.0/gate_proj/MatMul": 64, "/layers.1/gate_proj/MatMul": 64,
                    "/layers.0/self_attn/q_proj/MatMul": 2, "/layers.1/self_attn/q_proj/MatMul": 2},   # KV groups
     "sdpa_encoder": {"/layers.0/fc1/MatMul": 64, "/layers.1/fc1/MatMul": 64, "/layers.0/q/MatMul": 4,
                      "/layers.1/q/MatMul": 4},
     "sdpa_attention23": {"node_MatMul_61": 64, "node_MatMul_96": 64, "node_MatMul_30": 4, "node_MatMul_65": 4},
-    "gqa_tiny": {"/attn/q_proj/MatMul": 2},
+    "gqa_tiny": {"/attn/q_proj/MatMul": 2, "/mlp/gate_proj/MatMul": 64},
     "attention23_gqa": {"/attn/q_proj/MatMul": 2, "/mlp/gate_proj/MatMul": 64},
 }
 NAMES = sorted(CALIB)

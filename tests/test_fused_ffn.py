@@ -106,7 +106,8 @@ def test_optimizer_fixture_ffn_masked_equivalence(name):
 
 # `onnxprune analyze` (symbolic shapes, no data): prunable / total output channels
 COVERAGE = {"bert_hf_attention": (352, 482), "bert_hf_mha": (352, 482), "vit_tiny_fused": (345, 515),
-            "gqa_tiny": (192, 356)}     # the same as attention23_gqa, its ai.onnx twin
+            "gqa_tiny": (192, 356),     # the same as attention23_gqa, its ai.onnx twin
+            "gpt2_tiny_fused": (232, 564)}   # FFNs by rank; layer 1's heads need measured shapes
 
 
 @pytest.mark.parametrize("name", sorted(COVERAGE))
@@ -114,7 +115,8 @@ def test_analyze_coverage_of_optimizer_fixtures(name):
     """The fused BERT graphs report what the unfused export reports: heads of the packed
     com.microsoft Attention weight and FFN units through BiasGelu (11% / 46% / 29% before);
     gqa_tiny's layers after GroupQueryAttention typed by static inference from the symbolic
-    shapes (GraphIndex.fill_shapes propagates; 64/164 before)."""
+    shapes (GraphIndex.fill_shapes propagates; 64/164 before); gpt2_tiny_fused's FastGelu FFNs
+    through ranks proven across its fused ops (graph/fusedrank.py; 104/276 before)."""
     result = CliRunner().invoke(main, ["analyze", str(HERE / f"{name}.onnx"), "--json"])
     assert result.exit_code == 0, result.output
     cov = json.loads(result.output[result.output.index("{"):])["coverage"]

@@ -94,9 +94,11 @@ def test_symbolic_inference_gives_a_computed_concat_width():
 
 
 def test_static_inference_refuses_the_layer():
-    skipped = {s.node: s.reason for s in analyze(custom_op_mlp("Gelu")).skipped}
+    skipped = {s.node: s.reason for s in analyze(custom_op_mlp("Inverse")).skipped}
     assert skipped["mm1"] == "MatMul 'mm1' has an output of unknown rank"
-    assert not analyze(custom_op_mlp("Gelu")).groups
+    assert not analyze(custom_op_mlp("Inverse")).groups
+    # com.microsoft Gelu keeps its input's rank (graph/fusedrank.py): no fallback needed for mm1
+    assert [g.name for g in analyze(custom_op_mlp("Gelu")).groups] == ["mm1"]
 
 
 def test_symbolic_inference_makes_it_prunable_without_data():

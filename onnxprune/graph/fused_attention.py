@@ -30,6 +30,7 @@ from .groups import AttrSite, ParamSite, Producer
 from .heads import HeadGroup, HeadRefusal, HeadStream
 from .index import GraphIndex, attr
 from .layout import Layout, Segment
+from .fusedrank import proven_rank as _rank
 from .roles import Refusal, consumer, matmul_bias
 
 MS = "com.microsoft"
@@ -188,33 +189,6 @@ def _projection(idx: GraphIndex, node, tensor: str) -> _Projection:
     if out != tensor or [n.name for n, _ in idx.uses(tensor)] != [node.name]:
         raise Refusal(f"projection '{maker.name}' is not read by this node alone")
     return _Projection(Producer(maker.name, "MatMul", weight, 1, bias, bias_node), width)
-
-
-# ops whose output 0 has the rank of their input 0 (the normalisations and activations the
-# onnxruntime optimizer fuses), and ops whose output 0 is [batch, sequence, hidden]
-SAME_RANK = {(MS, "SkipLayerNormalization"), (MS, "SkipSimplifiedLayerNormalization"), (MS, "BiasGelu"),
-             (MS, "FastGelu"), (MS, "Gelu"), (MS, "QuickGelu"), (MS, "BiasAdd"), ("", "LayerNormalization"),
-             ("", "Cast"), ("", "Identity"), ("", "Relu")}
-THREE_D = {"EmbedLayerNormalization", "Attention", "MultiHeadAttention", "GroupQueryAttention"}
-
-
-def _rank(idx: GraphIndex, tensor: str, depth: int = 0):
-    """A tensor's rank: from shape inference, or through the fused ops it stops at (ONNX
-    shape inference does not know com.microsoft ops); None when not provable."""
-    rank = idx.rank(tensor)
-    node = idx.producer.get(tensor)
-    if rank is not None or node is None or depth > 32 or tensor != node.output[0]:
-        return rank
-    if node.op_type in THREE_D and node.domain == MS:
-        return 3
-    if node.op_type == "MatMul" and idx.is_constant(node.input[1]) and len(idx.shapes[node.input[1]]) == 2:
-        return _rank(idx, node.input[0], depth + 1)
-    if node.op_type in ("Add", "Mul") and node.domain in ("", "ai.onnx"):     # broadcasting: the larger rank
-        ranks = [_rank(idx, t, depth + 1) for t in node.input]
-        return None if None in ranks else max(ranks)
-    if (node.domain.replace("ai.onnx", ""), node.op_type) in SAME_RANK:
-        return _rank(idx, node.input[0], depth + 1)
-    return None
 
 
 # -- shared -----------------------------------------------------------------------------------

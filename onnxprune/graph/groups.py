@@ -249,6 +249,8 @@ class Analysis:
 
 def _output_channels(index, node) -> int:
     w = index.shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type == "MatMul" and w and len(w) == 2 and index.is_constant(node.input[1]):
+        return int(w[1])                  # also where the output's shape is unknown
     if not w or node.op_type == "MatMul":
         out = index.shapes.get(node.output[0])
         return int(out[-1]) if out and out[-1] is not None else 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .index import GraphIndex, attr
 from .groups import AttrSite, ConvGeometry, Consumer, ParamSite, Producer
+from .fusedrank import proven_rank
 from .layout import Layout, Segment
 
 MATMUL_LIKE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -48,7 +49,7 @@ def production(idx: GraphIndex, node) -> Source:
     if idx.is_constant(node.input[0]):
         raise Refusal(f"{op} '{name}' has a constant data input")
     out = node.output[0]
-    rank = idx.rank(out)
+    rank = idx.rank(out) or proven_rank(idx, out)      # through com.microsoft ops (fusedrank.py)
     if rank is None:
         raise Refusal(f"{op} '{name}' has an output of unknown rank")
     weight, wshape, bias = _weight_and_bias(idx, node)

@@ -74,18 +74,30 @@ def done_keys(log: Path) -> set:
 
 
 def _key(r: dict) -> tuple:
-    return r["model"], r["label"], r["reweight"], r["seed"], r["samples"], r["target"], r.get("allocation", "uniform")
+    return (r["model"], r["label"], r["reweight"], r["seed"], r["samples"], r["target"], r.get("allocation", "uniform"),
+            r.get("refit", "consumers"))
+
+
+def refit_of(reweight: bool, mode: str, refit: str) -> str:
+    """The refit a run gets: `all` needs reweighting and seq/asym (rows logged before the option
+    existed carry no refit and were `consumers`)."""
+    return refit if reweight and mode != "layer" else "consumers"
+
+
+def _mode(label: str, reweight: bool) -> str:
+    method, mode = CONFIGS[label]
+    # same model in every mode without refitting; layer mode reuses the cached statistics
+    return "layer" if not reweight and method in DATA_FREE else mode
 
 
 def one_run(ws: Workspace, test: TestSet, base: dict, label: str, reweight: bool, ratio: float,
-            allocation: str = "uniform") -> dict:
-    method, mode = CONFIGS[label]
-    if not reweight and method in DATA_FREE:
-        mode = "layer"      # same model in every mode; layer mode reuses the cached statistics
+            allocation: str = "uniform", refit: str = "consumers") -> dict:
+    method, mode = CONFIGS[label][0], _mode(label, reweight)
+    refit = refit_of(reweight, mode, refit)
     opts = PruneOptions.of(compression=ratio, method=method, mode=mode, reweight=reweight, allocation=allocation,
-                           seed=base["seed"])
+                           seed=base["seed"], refit=refit if reweight else None)
     row = {**base, "label": label, "method": method, "mode": mode, "reweight": reweight, "target": ratio,
-           "allocation": allocation}
+           "allocation": allocation, "refit": refit}
     try:
         ws.check_budget(opts)
     except OnnxPruneError as exc:
@@ -109,13 +121,14 @@ def run(args) -> None:
             base = {"model": name, "seed": seed, "samples": args.samples}
             todo = [(lab, rw, r, al) for r in ratios for lab in labels for rw in _reweights(args.reweight)
                     for al in args.allocation.split(",")
-                    if _key({**base, "label": lab, "reweight": rw, "target": r, "allocation": al}) not in done]
+                    if _key({**base, "label": lab, "reweight": rw, "target": r, "allocation": al,
+                             "refit": refit_of(rw, _mode(lab, rw), args.refit)}) not in done]
             if not todo:
                 continue
             calib = {"input": calibration(dataset, seed * args.samples, args.samples)}
             ws = Workspace(str(SHARED / "models" / f"{name}.onnx"), calib, PruneOptions(samples=args.samples))
             for label, reweight, ratio, allocation in todo:
-                row = one_run(ws, test, base, label, reweight, ratio, allocation)
+                row = one_run(ws, test, base, label, reweight, ratio, allocation, args.refit)
                 _append(args.log, row)
                 print(_line(row), flush=True)
 
@@ -165,7 +178,9 @@ def _mean_std(values: list) -> str:
 
 
 def load(log: Path) -> list:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    """Logged runs; `--refit all` runs are labelled apart so both show side by side."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [{**r, "label": r["label"] + " refit-all"} if r.get("refit") == "all" else r for r in rows]
 
 
 def load_peers(logs: list) -> list:
@@ -265,8 +280,8 @@ def _fmt(x) -> str:
 
 
 def _order(label: str) -> int:
-    names = list(CONFIGS)
-    return names.index(label) if label in names else len(names)
+    names, base = list(CONFIGS), label.split(" ")[0]
+    return names.index(base) if base in names else len(names)
 
 
 def plot(model: str, rows: list, path: Path) -> None:
@@ -311,6 +326,8 @@ def main() -> None:
     r.add_argument("--reweight", choices=["yes", "no", "both"], default="both")
     r.add_argument("--allocation", default="uniform", help="uniform, error or uniform,error")
     r.add_argument("--samples", type=int, default=512)
+    r.add_argument("--refit", choices=["consumers", "all"], default="consumers",
+                   help="refit of the reweighting seq/asym runs (the tables before issue 13 are consumers)")
     c = sub.add_parser("calib-size", help="greedy asym at one ratio for several calibration sizes")
     c.add_argument("--model", action="append", required=True, choices=sorted(DATASET))
     c.add_argument("--sizes", default="128,512,2048,5000")

@@ -152,6 +152,47 @@ def test_chunking_does_not_change_float32_statistics(monkeypatch):
     np.testing.assert_allclose(chunked.h, whole.h, rtol=1e-6, atol=1e-6 * np.abs(whole.h).max())
 
 
+@pytest.mark.parametrize("m", [2, 20])
+@pytest.mark.parametrize("max_rows", [None, 50])
+def test_a_batch_adds_the_same_numbers_on_whichever_worker_runs_it(m, max_rows):
+    """Sharded capture: batches 0-1 on one accumulator, 2-3 on another (first_batch=2), their
+    partial sums absorbed, equal one accumulator over all four up to float64 summation order
+    (float32 products, batch means far apart, row sub-sampling drawn by calibration index);
+    one partial absorbed alone reproduces its accumulator bit for bit."""
+    rng = np.random.default_rng(8)
+    batches = [((mean + rng.standard_normal((16, 5, 6))).astype(np.float32),
+                (mean + rng.standard_normal((16, 5, 6))).astype(np.float32)) for mean in (50.0, -3.0, 80.0, 0.0)]
+    w = rng.standard_normal((7, m))
+    settings = StatsSettings(max_rows=max_rows)
+    whole = accumulate(matmul(), batches, w=w, max_rows=max_rows)
+    shards = []
+    for first in (0, 2):
+        acc = GramAccumulator(matmul(), np, asym=True, weight=w, settings=settings, first_batch=first)
+        for b, a in batches[first:first + 2]:
+            acc.add(b, a)
+        shards.append(acc)
+    merged = GramAccumulator(matmul(), np, asym=True)
+    for acc in shards:
+        merged.absorb(acc.partial())
+    got = merged.result()
+    assert got.rows == whole.rows and got.sampled == (max_rows is not None)
+    for x, y in ((got.gram, whole.gram), (got.h, whole.h), (got.column_target, whole.column_target)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-12 * np.abs(y).max())
+    alone = GramAccumulator(matmul(), np, asym=True)
+    alone.absorb(shards[1].partial())
+    for x, y in zip(_arrays(alone.result()), _arrays(shards[1].result())):
+        np.testing.assert_array_equal(x, y)
+    if max_rows is not None:         # the draw follows the calibration index, not the accumulator
+        shifted = GramAccumulator(matmul(), np, asym=True, weight=w, settings=settings, first_batch=0)
+        for b, a in batches[2:]:
+            shifted.add(b, a)
+        assert not np.array_equal(shifted.result().gram, shards[1].result().gram)
+
+
+def _arrays(s):
+    return (s.gram, s.h, s.column_target, np.float64(s.target), np.float64(s.rows))
+
+
 def test_float32_statistics_select_as_well_as_float64():
     """Greedy on float32-product statistics vs float64: the picks, judged by exact float64
     statistics, leave the same error up to float32's resolution (about 1e-6 of the target

@@ -170,7 +170,7 @@ def main() -> None:
         model, calib, args, dataset = case_args(case, work, a.vit_samples)
         for i in range(a.repeat):
             for name, src, extra in configs:
-                out = work / f"speed_{case}_{name}.onnx"
+                out = work / f"speed_{case}_{name}_{os.getpid()}.onnx"
                 r = run(src, model, calib, args + extra, out)
                 r["top1"] = top1(out, dataset) if dataset and i == 0 else None
                 r["agreement"] = r["report"].get("verify", {}).get("argmax_agreement")

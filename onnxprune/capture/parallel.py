@@ -3,8 +3,10 @@
 Capture statistics are sums over samples, so they shard. Worker w holds a contiguous block of
 the calibration *batches* (`shard_ranges`: the same batches one process would run, so every
 batch computes the same values) and returns its partial sums (`stats.PartialSums`); the driver
-adds them in worker order, a fixed order, so a run is reproducible for a given worker count and
-differs from one process only by float summation order. seq/asym steps stay sequential (each
+adds them in worker order, a fixed order, so a run is reproducible for a given worker count.
+A batch's float32 products are the same numbers on any worker (each batch is shifted by its own
+mean; `--max-rows` draws by the batch's calibration index, `ShardWorker.first_batch`), so the
+result differs from one process only by float64 summation order. seq/asym steps stay sequential (each
 needs the model pruned so far); within a step every worker runs its shard. Each worker keeps
 its own `Stream`s, so a step resumes from the frontier of *its* samples (prefix.py).
 

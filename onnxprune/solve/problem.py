@@ -93,8 +93,7 @@ class Problem:
 
         `keep_rows` restricts statistics taken on the original model to the rows still present;
         `target_weight` (asym) is the original consumer matrix the cross statistics target (capture
-gives H = G_BA W directly in `stats.h`; a `stats.cross` is multiplied out here).
-        """
+        gives H = G_BA W directly in `stats.h`; a `stats.cross` is multiplied out here)."""
         gram, cross, h = stats.gram, stats.cross, stats.h
         if keep_rows is not None:
             k = xp.asarray(keep_rows)

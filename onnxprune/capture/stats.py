@@ -33,6 +33,8 @@ from ..graph.groups import Consumer
 
 # Rows are turned into features in chunks of at most this many elements.
 CHUNK_ELEMENTS = 8 * 1024 * 1024
+SHIFT_ROWS = 1024       # a batch's shift is the mean of about this many of its rows, evenly spaced
+SUM_BLOCK = 256         # column sums: float32 over blocks of this many rows, then float64
 DTYPES = ("float32", "float64")
 
 
@@ -206,8 +208,10 @@ class GramAccumulator:
         return self.xp.subtract(rows, shift, dtype=self.dtype)
 
     def _mean(self, rows):
-        """The batch's shift: the per-feature mean of its first chunk, in the compute dtype."""
-        return self.xp.mean(rows, axis=0, dtype=self.xp.float64).astype(self.dtype)
+        """The batch's shift: the per-feature mean of about SHIFT_ROWS evenly spaced rows of its
+        first chunk, in the compute dtype (any fixed vector near the mean serves)."""
+        step = max(1, rows.shape[0] // SHIFT_ROWS)
+        return self.xp.mean(rows[::step], axis=0, dtype=self.xp.float64).astype(self.dtype)
 
     def _accumulate(self, batch: "_BatchSums", b_fresh: tuple, a_fresh: tuple | None, weight: float) -> None:
         """Add one chunk's products of shifted rows Z = X - shift into the float64 sums."""
@@ -216,7 +220,7 @@ class GramAccumulator:
             batch.start(self, b_fresh[0], a_fresh[0] if self.asym else None)
         b = self._shifted(b_fresh, batch.shift_b)
         _add(self.gram, xp.dot(b.T, b), weight, xp)       # dot of one buffer with its transpose: NumPy's syrk
-        batch.sum_b += weight * xp.sum(b, axis=0, dtype=f64)
+        batch.sum_b += weight * _column_sums(b, xp)
         batch.count += weight * b.shape[0]
         if not self.asym:
             return
@@ -227,8 +231,8 @@ class GramAccumulator:
             _add(self.h, xp.dot(b.T, y), weight, xp)
         else:
             _add(self.cross, xp.dot(b.T, a), weight, xp)
-            batch.sum_a += weight * xp.sum(a, axis=0, dtype=f64)
-        batch.sum_y += weight * xp.sum(y, axis=0, dtype=f64)
+            batch.sum_a += weight * _column_sums(a, xp)
+        batch.sum_y += weight * _column_sums(y, xp)
         self.column_target += weight * xp.sum(xp.square(y, dtype=f64), axis=0)
 
     def _unshift(self, batch: "_BatchSums") -> None:
@@ -364,6 +368,16 @@ class _BatchSums:
         self.intercept = (w_intercept + xp.asarray(self.shift_a, dtype=f64) @ w_rows).astype(acc.dtype)
         self.sum_a = xp.zeros(acc._width_a, dtype=f64)
         self.sum_y = xp.zeros(w_rows.shape[1], dtype=f64)
+
+
+def _column_sums(rows, xp):
+    """Σ over rows, in float64: float32 sums of SUM_BLOCK rows (as precise as the products
+    themselves, three times faster than casting every element), then float64 over the blocks."""
+    if rows.dtype == xp.float64:
+        return xp.sum(rows, axis=0)
+    whole = rows.shape[0] - rows.shape[0] % SUM_BLOCK
+    blocks = rows[:whole].reshape(-1, SUM_BLOCK, rows.shape[1]).sum(axis=1)
+    return xp.sum(blocks, axis=0, dtype=xp.float64) + xp.sum(rows[whole:], axis=0, dtype=xp.float64)
 
 
 def _add(total, product, weight: float, xp) -> None:

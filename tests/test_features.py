@@ -107,3 +107,9 @@ def test_transposed_cols_times_weight_matrix_is_the_conv_transpose(attrs, bias):
     want = expected.transpose(0, 2, 3, 1).reshape(-1, expected.shape[1])
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the statistics' row count and a row sub-sample of the same layout (--max-rows)
+    from onnxprune.capture.features import feature_rows, rows_per_sample
+    assert rows_per_sample(xv, c) * xv.shape[0] == rows.shape[0]
+    pick = np.arange(0, rows.shape[0], 3)
+    sub, _ = feature_rows(xv, c, np, np.float64, pick)
+    np.testing.assert_array_equal(sub, design_rows(xv, c, np, np.float64)[pick, :-1])

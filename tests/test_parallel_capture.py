@@ -18,6 +18,7 @@ from onnx import numpy_helper
 import builders as B
 from onnxprune import OnnxPruneError, prune
 from onnxprune.capture.parallel import LocalPool, ParallelCapturer, shard_ranges
+from onnxprune.capture.stats import StatsSettings
 from onnxprune.capture.stream import Capturer
 from onnxprune.graph.layout import Alive
 from onnxprune.methods.base import ConsumerPart
@@ -56,8 +57,9 @@ def assert_same_model(a: onnx.ModelProto, b: onnx.ModelProto, exact: bool = Fals
 def assert_same_stats(a: list, b: list, exact: bool = False) -> None:
     for sa, sb in zip(a, b, strict=True):
         assert sa.rows == sb.rows and sa.masked == sb.masked
-        pairs = [(sa.gram, sb.gram)] + ([(sa.cross, sb.cross), (sa.column_target, sb.column_target),
-                                         (np.float64(sa.target), np.float64(sb.target))] if sa.cross is not None else [])
+        assert sa.sampled == sb.sampled
+        pairs = [(sa.gram, sb.gram)] + ([(sa.h, sb.h), (sa.column_target, sb.column_target),
+                                         (np.float64(sa.target), np.float64(sb.target))] if sa.h is not None else [])
         for x, y in pairs:
             if exact:
                 np.testing.assert_array_equal(y, x)
@@ -82,7 +84,7 @@ def test_shards_are_contiguous_whole_batches_covering_every_sample(samples, batc
     assert not sizes or max(sizes) - min(sizes) <= batch          # as even as whole batches allow
 
 
-def _capture(model, data, pool_workers, mode, method="greedy"):
+def _capture(model, data, pool_workers, mode, method="greedy", settings=None):
     """(statistics, what sampling's observers measured) of the first group of `model`."""
     opts = PruneOptions.of(keep=0.5, mode=mode, batch_size=8, method=method, device="cpu")
     ws = Workspace(model, data, opts)
@@ -94,8 +96,8 @@ def _capture(model, data, pool_workers, mode, method="greedy"):
                  for c in g.consumers]
         observers = opts.impl.observers(parts, np)
     args = (s.calibration, s.batch_size, s.device, np)
-    cap = Capturer(*args) if pool_workers is None else ParallelCapturer(LocalPool(*args[:2], pool_workers, "cpu",
-                                                                                   "numpy"), *args)
+    cap = (Capturer(*args, settings=settings) if pool_workers is None else
+           ParallelCapturer(LocalPool(*args[:2], pool_workers, "cpu", "numpy"), *args, settings=settings))
     try:
         if mode == "layer":
             stats = cap.layer_stats(s.model, list(g.consumers), "t", observers)
@@ -117,6 +119,20 @@ def test_local_pool_one_worker_is_bit_identical_and_two_agree(mode):
     assert_same_stats(one, _capture(model, data, 1, mode)[0], exact=True)
     two, _ = _capture(model, data, 2, mode)
     assert_same_stats(one, two)
+
+
+@pytest.mark.parametrize("mode", ["layer", "asym"])
+def test_local_pool_shards_float32_and_row_subsampling_like_one_process(mode):
+    """float32 products and --max-rows: every worker adds the same per-batch numbers (each batch
+    is shifted by its own mean; rows are drawn by the batch's calibration index)."""
+    model = B.cnn()
+    data = B.random_inputs(model, 40)
+    for settings in (StatsSettings("float32"), StatsSettings("float32", max_rows=30)):
+        one, _ = _capture(model, data, None, mode, settings=settings)
+        assert_same_stats(one, _capture(model, data, 1, mode, settings=settings)[0], exact=True)
+        for workers in (2, 3):
+            assert_same_stats(one, _capture(model, data, workers, mode, settings=settings)[0])
+        assert any(s.sampled for s in one) == (settings.max_rows is not None)
 
 
 def test_local_pool_merges_sampling_observers_exactly():

@@ -96,7 +96,10 @@ def test_modes_agree_when_one_group_is_pruned():
     results = {}
     for mode in ("layer", "seq", "asym"):
         refit = None if mode == "layer" else "consumers"      # --refit all would also refit fc2 in seq/asym
-        pruned, report = prune(model, data, keep=0.5, mode=mode, exclude=["conv2", "fc1"], refit=refit)
+        # float64 products: the modes reach H by different products (G W vs Bᵀ(A W)), which
+        # float32 rounds differently (about 1e-6 of the weights)
+        pruned, report = prune(model, data, keep=0.5, mode=mode, exclude=["conv2", "fc1"], refit=refit,
+                               stats_dtype="float64")
         results[mode] = (weights(pruned), report.groups[0]["kept"])
     ref_w, ref_kept = results["layer"]
     for mode in ("seq", "asym"):

@@ -158,7 +158,7 @@ def test_ridge_toward_w0_is_the_closed_form():
     w0 = rng.standard_normal((d + 1, m))
     gram, cross = x.T @ x, x.T @ xa
     target = float(np.sum((xa @ wt) ** 2))
-    problem = whole_problem(gram, cross, target, w0, wt, np)
+    problem = whole_problem(gram, cross @ wt, target, w0, np)
     ridge = 0.3
     lam = ridge * np.mean(np.diag(gram)[:d])
     penalty = lam * np.eye(d + 1)
@@ -223,7 +223,7 @@ def test_ridge_without_intercept_is_the_closed_form_on_the_features():
     n, d, m = 40, 5, 3
     x = np.hstack([rng.standard_normal((n, d)) + 2.0, np.ones((n, 1))])   # offset: an intercept would help
     wt, w0 = rng.standard_normal((d + 1, m)), rng.standard_normal((d + 1, m))
-    problem = whole_problem(x.T @ x, x.T @ x, float(np.sum((x @ wt) ** 2)), w0, wt, np)
+    problem = whole_problem(x.T @ x, x.T @ x @ wt, float(np.sum((x @ wt) ** 2)), w0, np)
     ridge = 0.2
     g = x[:, :d].T @ x[:, :d]
     lam = ridge * np.mean(np.diag(g))

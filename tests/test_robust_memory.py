@@ -30,7 +30,7 @@ def test_capture_sees_one_batch_at_a_time(monkeypatch, mode):
 
     def result(self):
         stats = real_result(self)
-        results.append((stats.features, stats.gram.shape, None if stats.cross is None else stats.cross.shape))
+        results.append((stats.features, stats.gram.shape, None if stats.h is None else stats.h.shape))
         return stats
 
     monkeypatch.setattr(GramAccumulator, "add", add)
@@ -46,6 +46,6 @@ def test_capture_sees_one_batch_at_a_time(monkeypatch, mode):
     assert set(per_consumer) == {"conv2", "fc1", "fc2"}
     for sizes in per_consumer.values():                     # streamed once, batch by batch
         assert sum(sizes) == 100 and len(sizes) == math.ceil(100 / batch)
-    for d, gram, cross in results:                          # only d x d statistics are kept
-        assert gram == (d, d) and cross in (None, (d, d))
-        assert (cross is not None) == (mode == "asym")
+    for d, gram, h in results:                              # only d x d and d x m statistics are kept
+        assert gram == (d, d) and (h is None or h[0] == d)
+        assert (h is not None) == (mode == "asym")

@@ -1,4 +1,4 @@
-"""Lay a consumer's input out as rows x features, plus a constant-1 intercept column.
+"""Lay a consumer's input out as rows x features (design_rows: plus a constant-1 intercept column).
 
 Pure array code that works with NumPy or CuPy (`xp`). Conv inputs become im2col patches with
 the consumer's own kernel, strides, pads and dilations; ConvTranspose inputs the patches of
@@ -24,12 +24,46 @@ def samples_to_axis0(x, c: Consumer):
 def design_rows(x, c: Consumer, xp, dtype):
     """A sample-major batch as rows x (features + 1), the last column all ones."""
     if c.conv is not None:
-        return transposed_cols(x, c.conv, xp, dtype) if c.conv.transposed else im2col(x, c.conv, xp, dtype)
-    flat = x.reshape(-1, x.shape[-1])
-    rows = xp.empty((flat.shape[0], flat.shape[1] + 1), dtype=dtype)
-    rows[:, :-1] = flat
+        if c.conv.transposed:
+            return transposed_cols(x, c.conv, xp, dtype, intercept=True)
+        return im2col(x, c.conv, xp, dtype, intercept=True)
+    feats, _ = feature_rows(x, c, xp, dtype)
+    rows = xp.empty((feats.shape[0], feats.shape[1] + 1), dtype=dtype)
+    rows[:, :-1] = feats
     rows[:, -1] = 1
     return rows
+
+
+def feature_rows(x, c: Consumer, xp, dtype, rows=None) -> tuple:
+    """(rows x features without the intercept, whether the array is a fresh copy): im2col
+    patches of a Conv, else a reshape (a view of `x` when its dtype is `dtype`). `rows`: only
+    these flat row indices (sample-major); a Conv gathers their patches without building the
+    others (a ConvTranspose builds them all, then selects)."""
+    if c.conv is not None:
+        if c.conv.transposed:
+            cols = transposed_cols(x, c.conv, xp, dtype)
+            return (cols if rows is None else cols[xp.asarray(rows)]), True
+        return im2col(x, c.conv, xp, dtype, rows), True
+    flat = x.reshape(-1, x.shape[-1])
+    if rows is not None:
+        flat = flat[xp.asarray(rows)]
+        return flat.astype(dtype, copy=False), True
+    out = flat.astype(dtype, copy=False)
+    return out, out is not flat
+
+
+def feature_width(batch, c: Consumer) -> int:
+    """Features per row (without the intercept) of a sample-major batch."""
+    if c.conv is not None:
+        return batch.shape[1] * c.kernel_area
+    return batch.shape[-1]
+
+
+def rows_per_sample(batch, c: Consumer) -> int:
+    """Design rows one sample of `batch` gives (output positions of a Conv, tokens otherwise)."""
+    if c.conv is not None:
+        return math.prod(conv_outs(c.conv, tuple(batch.shape[2:])))
+    return batch[:1].size // max(1, batch.shape[-1])
 
 
 def token_rows(c: Consumer, batch, row_mask):
@@ -73,34 +107,65 @@ def conv_pads(geometry: ConvGeometry, spatial: tuple) -> tuple:
     return tuple(pads[:n]), tuple(pads[n:])
 
 
-def im2col(x, geometry: ConvGeometry, xp, dtype):
-    """[N, C, *spatial] -> [N * prod(out), prod(kernel) * C + 1]: kernel-offset-major
-    patches, then the intercept column."""
+def conv_outs(geometry: ConvGeometry, spatial: tuple) -> tuple:
+    """Output size per spatial axis of a Conv (or ConvTranspose) on an input of size `spatial`."""
+    rank = len(spatial)
+    if geometry.transposed:
+        pads, extra = geometry.pads or (0,) * (2 * rank), geometry.output_padding or (0,) * rank
+        return tuple(
+            (size - 1) * s - b - e + (k - 1) * d + 1 + o
+            for size, s, b, e, k, d, o in zip(spatial, geometry.strides, pads[:rank], pads[rank:], geometry.kernel,
+                                              geometry.dilations, extra)
+        )
+    begin, end = conv_pads(geometry, spatial)
+    return tuple(
+        (p + b + e - (k - 1) * d - 1) // s + 1
+        for p, b, e, k, s, d in zip(spatial, begin, end, geometry.kernel, geometry.strides, geometry.dilations)
+    )
+
+
+def im2col(x, geometry: ConvGeometry, xp, dtype, rows=None, intercept: bool = False):
+    """[N, C, *spatial] -> [N * prod(out), prod(kernel) * C (+ 1)]: kernel-offset-major
+    patches (then a column of ones with `intercept`); `rows`: only these flat (sample, output
+    position) rows, gathered without building the others."""
     n, channels = x.shape[:2]
     spatial = tuple(x.shape[2:])
     begin, end = conv_pads(geometry, spatial)
     xt = xp.moveaxis(x, 1, -1)                       # channels last: contiguous copies below
     if any(begin) or any(end):
         xt = xp.pad(xt, [(0, 0)] + list(zip(begin, end)) + [(0, 0)])
-    padded = tuple(xt.shape[1:-1])
-    outs = tuple(
-        (p - (k - 1) * d - 1) // s + 1
-        for p, k, s, d in zip(padded, geometry.kernel, geometry.strides, geometry.dilations)
-    )
+    outs = conv_outs(geometry, spatial)
     kernel_area = math.prod(geometry.kernel)
-    cols = xp.empty((n, *outs, kernel_area * channels + 1), dtype=dtype)
-    cols[..., -1] = 1
+    if rows is not None:
+        return _gather_patches(xt, geometry, outs, xp.asarray(rows), xp, dtype)
+    cols = xp.empty((n, *outs, kernel_area * channels + intercept), dtype=dtype)
+    if intercept:
+        cols[..., -1] = 1
     for flat, offset in enumerate(np.ndindex(*geometry.kernel)):
         index = [slice(None)]
         for o, k_off, s, d in zip(outs, offset, geometry.strides, geometry.dilations):
             start = k_off * d
             index.append(slice(start, start + (o - 1) * s + 1, s))
         cols[..., flat * channels:(flat + 1) * channels] = xt[tuple(index)]
-    return cols.reshape(n * math.prod(outs), kernel_area * channels + 1)
+    return cols.reshape(n * math.prod(outs), kernel_area * channels + intercept)
 
 
-def transposed_cols(x, geometry: ConvGeometry, xp, dtype):
-    """A ConvTranspose's input as rows (output positions) x (kernel tap, channel) + 1.
+def _gather_patches(xt, geometry: ConvGeometry, outs: tuple, rows, xp, dtype):
+    """im2col rows `rows` only, read straight from the padded channels-last input."""
+    channels = xt.shape[-1]
+    where = xp.unravel_index(rows, (xt.shape[0], *outs))      # sample, then each output coordinate
+    cols = xp.empty((rows.shape[0], math.prod(geometry.kernel) * channels), dtype=dtype)
+    for flat, offset in enumerate(np.ndindex(*geometry.kernel)):
+        index = [where[0]]
+        for axis, (k_off, s, d) in enumerate(zip(offset, geometry.strides, geometry.dilations)):
+            index.append(where[axis + 1] * s + k_off * d)
+        cols[:, flat * channels:(flat + 1) * channels] = xt[tuple(index)]
+    return cols
+
+
+def transposed_cols(x, geometry: ConvGeometry, xp, dtype, intercept: bool = False):
+    """A ConvTranspose's input as rows (output positions) x (kernel tap, channel) (+ 1 with
+    `intercept`).
 
     ConvTranspose y[o, p] = sum over (c, q, k) with q*s + k*d - pad_begin = p of
     x[c, q] W[c, o, k] is a stride-1 convolution, dilation d, of x with s - 1 zeros between
@@ -123,8 +188,9 @@ def transposed_cols(x, geometry: ConvGeometry, xp, dtype):
     crop = tuple(slice(max(-b, 0), size - max(-e, 0)) for b, e, size in zip(begin, end, stuffed.shape[2:]))
     stuffed = stuffed[(slice(None), slice(None)) + crop]
     flat = ConvGeometry(geometry.kernel, (1,) * rank, (0,) * (2 * rank), geometry.dilations)
-    cols = im2col(stuffed, flat, xp, dtype)
+    cols = im2col(stuffed, flat, xp, dtype, intercept=intercept)
     kernel_area = math.prod(geometry.kernel)
-    taps = xp.ascontiguousarray(cols[:, :-1].reshape(cols.shape[0], kernel_area, channels)[:, ::-1, :])
-    cols[:, :-1] = taps.reshape(cols.shape[0], kernel_area * channels)
+    width = kernel_area * channels
+    taps = xp.ascontiguousarray(cols[:, :width].reshape(cols.shape[0], kernel_area, channels)[:, ::-1, :])
+    cols[:, :width] = taps.reshape(cols.shape[0], width)
     return cols

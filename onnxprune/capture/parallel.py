@@ -3,8 +3,10 @@
 Capture statistics are sums over samples, so they shard. Worker w holds a contiguous block of
 the calibration *batches* (`shard_ranges`: the same batches one process would run, so every
 batch computes the same values) and returns its partial sums (`stats.PartialSums`); the driver
-adds them in worker order, a fixed order, so a run is reproducible for a given worker count and
-differs from one process only by float summation order. seq/asym steps stay sequential (each
+adds them in worker order, a fixed order, so a run is reproducible for a given worker count.
+A batch's float32 products are the same numbers on any worker (each batch is shifted by its own
+mean; `--max-rows` draws by the batch's calibration index, `ShardWorker.first_batch`), so the
+result differs from one process only by float64 summation order. seq/asym steps stay sequential (each
 needs the model pruned so far); within a step every worker runs its shard. Each worker keeps
 its own `Stream`s, so a step resumes from the frontier of *its* samples (prefix.py).
 
@@ -26,7 +28,7 @@ from . import runtime
 from ..errors import InternalError
 from ..graph.index import GraphIndex
 from ..io.calib import Calibration
-from .stats import GramAccumulator
+from .stats import StatsSettings, shared_accumulators, split_results
 from .stream import Capturer, Stream, submodel
 
 _capture_ids = itertools.count()
@@ -52,9 +54,10 @@ class ShardWorker:
     parsing the model, cutting the region, starting its session; seconds in all))."""
 
     def __init__(self, arrays: dict, batch_size: int, device: str, xp_name: str, threads: int | None = None,
-                 index: int = 0, fail_once: str | None = None):
+                 index: int = 0, fail_once: str | None = None, first_batch: int = 0):
         self.calib = Calibration(arrays, "shard")
         self.batch_size = batch_size
+        self.first_batch = first_batch     # calibration index of this shard's first batch (seeds --max-rows)
         self.device = device
         self.xp = importlib.import_module(xp_name)
         self.threads = threads
@@ -62,13 +65,14 @@ class ShardWorker:
         self.fail_once = fail_once     # test hook: worker 0 exits at its first batch if this file is absent
         self._captures: dict = {}      # capture id -> (original model, its GraphIndex, {key: Stream})
 
-    def layer_partials(self, model_bytes: bytes, consumers: list, observers: tuple, row_mask: str | None):
+    def layer_partials(self, model_bytes: bytes, consumers: list, observers: tuple, row_mask: str | None,
+                       settings: StatsSettings):
         """Partial statistics of `consumers` (and observers) from one pass of the cut model."""
         start = time.perf_counter()
         tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
         sess = runtime.session(onnx.load_from_string(model_bytes), self.device,
                                built="the part of the model cut for capture", threads=self.threads)
-        accs = [GramAccumulator(c, self.xp) for c in consumers]
+        accs = [acc for _, acc in shared_accumulators(consumers, self.xp, None, settings, self.first_batch)]
         mine = _spawn(observers)
         setup = time.perf_counter() - start
         for feeds in self._batches():
@@ -78,7 +82,8 @@ class ShardWorker:
         return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
 
     def step_partials(self, cid: int, original_bytes: bytes, cacheable: bool, current_bytes: bytes, asym: bool,
-                      consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None):
+                      consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None,
+                      settings: StatsSettings):
         """Partial statistics of one seq/asym step of capture `cid` on this worker's samples
         (see Capturer.step_stats). The original model comes with every step but is parsed once
         per capture; a worker restarted after a crash has no saved frontier, so its Streams
@@ -95,7 +100,8 @@ class ShardWorker:
         if asym:
             ref = self._stream(streams, "original", types, cacheable)
             ref.prepare(original, tensors, save)
-        accs = [GramAccumulator(c, self.xp, asym=asym, weight=weights.get(c.node)) for c in consumers]
+        targets = {c.node: weights.get(c.node) for c in consumers} if asym else None
+        accs = [acc for _, acc in shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)]
         mine = _spawn(observers)
         setup, at = time.perf_counter() - start, 0
         for feeds in self._batches():
@@ -147,7 +153,8 @@ class LocalPool:
 
     def __init__(self, calib: Calibration, batch_size: int, workers: int, device: str, xp_name: str):
         self.shards = shard_ranges(calib.samples, batch_size, workers)
-        self._workers = [ShardWorker(shard_arrays(calib.arrays, a, b), batch_size, device, xp_name, index=w)
+        self._workers = [ShardWorker(shard_arrays(calib.arrays, a, b), batch_size, device, xp_name, index=w,
+                                     first_batch=a // batch_size)
                          for w, (a, b) in enumerate(self.shards)]
         self.timings: list = []
 
@@ -180,8 +187,8 @@ class ParallelCapturer(Capturer):
     """A Capturer whose batches run on a pool's workers; planning (frontiers, the probe) stays here."""
 
     def __init__(self, pool, calib: Calibration, batch_size: int, device: str, xp, progress=None,
-                 row_mask: str | None = None):
-        super().__init__(calib, batch_size, device, xp, progress, row_mask)
+                 row_mask: str | None = None, settings: StatsSettings | None = None):
+        super().__init__(calib, batch_size, device, xp, progress, row_mask, settings)
         self.pool = pool
         self._cid = None
         self._original = None
@@ -190,8 +197,9 @@ class ParallelCapturer(Capturer):
         start = time.perf_counter()
         tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
         cut = self.pool.put(submodel(model, tensors).SerializeToString())
-        results = self._map(label, "layer_partials", cut, list(consumers), tuple(observers), self.row_mask)
-        return self._reduce(label, start, results, consumers, False, observers)
+        results = self._map(label, "layer_partials", cut, list(consumers), tuple(observers), self.row_mask,
+                            self.settings)
+        return self._reduce(label, start, results, consumers, None, observers)
 
     def plan(self, original: onnx.ModelProto, boundaries: list, index=None) -> None:
         super().plan(original, boundaries, index)
@@ -208,8 +216,9 @@ class ParallelCapturer(Capturer):
         model = self.pool.put(current.SerializeToString())        # once per step, for every worker
         results = self._map(label, "step_partials", self._cid, self._original, self.cacheable, model,
                             original is not None, list(consumers), dict(weights or {}), set(save),
-                            tuple(observers), self.row_mask)
-        return self._reduce(label, start, results, consumers, original is not None, observers)
+                            tuple(observers), self.row_mask, self.settings)
+        targets = {c.node: (weights or {}).get(c.node) for c in consumers} if original is not None else None
+        return self._reduce(label, start, results, consumers, targets, observers)
 
     def close(self) -> None:
         if self._cid is not None:
@@ -227,18 +236,20 @@ class ParallelCapturer(Capturer):
 
         return self.pool.map(method, *args, done=done)
 
-    def _reduce(self, label: str, start: float, results: list, consumers: list, asym: bool,
+    def _reduce(self, label: str, start: float, results: list, consumers: list, targets: dict | None,
                 observers: tuple) -> list:
         """Add the workers' partial sums in worker order (the fixed order the result depends on);
-        the driver's accumulators only absorb, so they need no target weights."""
-        accs = [GramAccumulator(c, self.xp, asym=asym) for c in consumers]
+        the driver's accumulators only absorb (`targets`, asym: how many columns each consumer of
+        a shared accumulator has)."""
+        shared = shared_accumulators(consumers, self.xp, targets, self.settings)
+        accs = [acc for _, acc in shared]
         for (partials, theirs), _ in results:
             for acc, part in zip(accs, partials):
                 acc.absorb(part)
             for obs, their in zip(observers, theirs):
                 obs.absorb(their)
         self._timed(label, start, results)
-        return [acc.result() for acc in accs]
+        return split_results(shared, consumers, targets)
 
     def _timed(self, label: str, start: float, results: list) -> None:
         """Wall time of one parallel call next to each worker's time (and the part of it before

@@ -99,7 +99,8 @@ class RayPool:
                            max_task_retries=RETRIES)(_Actor)
         # the shards stay referenced here: a restarted actor reads its shard again
         self._shards = [ray.put(shard_arrays(calib.arrays, a, b)) for a, b in self.shards]
-        self.actors = [actor.remote(batch_size, device, xp_name, 1, w, FAIL_ONCE) for w in range(len(self.shards))]
+        self.actors = [actor.remote(batch_size, device, xp_name, 1, w, FAIL_ONCE, start // batch_size)
+                       for w, (start, _) in enumerate(self.shards)]
         self.map("ready")       # every worker started and imported onnxprune: a broken worker fails here
 
     @property

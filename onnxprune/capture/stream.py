@@ -16,7 +16,7 @@ from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
 from .prefix import TensorStore, frontier, region_model, samples_on_axis0
-from .stats import GramAccumulator
+from .stats import StatsSettings, shared_accumulators, split_results
 
 Progress = Callable[[str, int, int], None]
 
@@ -89,8 +89,9 @@ class Capturer:
     """Streams calibration batches through models and accumulates consumer statistics."""
 
     def __init__(self, calib: Calibration, batch_size: int, device: str, xp, progress: Progress | None = None,
-                 row_mask: str | None = None):
+                 row_mask: str | None = None, settings: StatsSettings | None = None):
         self.calib = calib
+        self.settings = settings or StatsSettings()
         self.row_mask = row_mask      # model input whose 0 entries mark padding tokens
         self.batch_size = batch_size
         self.device = device
@@ -103,12 +104,13 @@ class Capturer:
         `.consumer` and `.add(batch)`, e.g. sampling's sensitivities) see the same batches."""
         tensors = sorted({c.input for c in consumers} | {o.consumer.input for o in observers})
         sess = runtime.session(submodel(model, tensors), self.device, built="the part of the model cut for capture")
-        accs = [GramAccumulator(c, self.xp) for c in consumers]
+        shared = shared_accumulators(consumers, self.xp, None, self.settings)
+        accs = [acc for _, acc in shared]
         for feeds in self._batches(label):
             out = dict(zip(tensors, runtime.run(sess, feeds, tensors)))
             for acc in accs + list(observers):
                 acc.add(out[acc.consumer.input], row_mask=feeds.get(self.row_mask))
-        return [acc.result() for acc in accs]
+        return split_results(shared, consumers, None)
 
     def plan(self, original: onnx.ModelProto, boundaries: list, index: GraphIndex | None = None) -> None:
         """Prepare incremental streams for groups whose producers are `boundaries`, in order
@@ -145,8 +147,9 @@ class Capturer:
         if original is not None:
             ref = self._stream("original")
             ref.prepare(original, tensors, save)
-        accs = [GramAccumulator(c, self.xp, asym=ref is not None, weight=(weights or {}).get(c.node))
-                for c in consumers]
+        targets = {c.node: (weights or {}).get(c.node) for c in consumers} if ref is not None else None
+        shared = shared_accumulators(consumers, self.xp, targets, self.settings)
+        accs = [acc for _, acc in shared]
         start = 0
         for feeds in self._batches(label):
             b_out = cur.run_batch(start, feeds)
@@ -159,7 +162,7 @@ class Capturer:
         cur.finish()
         if ref is not None:
             ref.finish()
-        return [acc.result() for acc in accs]
+        return split_results(shared, consumers, targets)
 
     def close(self) -> None:
         for s in self._streams.values():

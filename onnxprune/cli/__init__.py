@@ -149,6 +149,11 @@ def _data_options(f):
                           "[default: 1, no Ray; with --ray-address: every CPU/GPU of the cluster]. Needs "
                           "onnxprune[ray]."),
         click.option("--ray-address", metavar="ADDR", help="Capture on the existing Ray cluster at ADDR."),
+        click.option("--stats-dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+                     help="Precision of each batch's Gram products (the sums across batches are float64)."),
+        click.option("--max-rows", type=int, metavar="N",
+                     help="Use at most N rows (output positions / tokens) of each layer per batch, drawn at random "
+                          "(seeded) and weighted to stay unbiased [all]."),
         click.option("--row-mask", metavar="INPUT",
                      help="Model input marking real tokens (1) and padding (0): padding rows are left out of the "
                           "statistics of token-wise (Gemm/MatMul) consumers and of the output comparison "

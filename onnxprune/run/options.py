@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 from ..budget.allocation import ALLOCATIONS, TARGETS, Rules
 from ..capture.ray_workers import require_ray
+from ..capture.stats import DTYPES, StatsSettings
 from ..errors import OnnxPruneError
 from ..methods import METHODS, Method, get as get_method
 from ..methods.importance import DRAWS
@@ -34,6 +35,8 @@ class PruneOptions:
     device: str = "auto"
     ridge: float = DEFAULT_RIDGE
     row_mask: str | bool | None = None  # input marking real tokens (1) / padding (0); None: automatic, False: off
+    stats_dtype: str = "float32"        # precision of each batch's Gram products (sums are float64)
+    max_rows: int | None = None         # rows per layer and batch kept for the statistics (None: all)
     allocation: str = "uniform"
     target: str = "params"
     min_channels: int = 1
@@ -92,6 +95,10 @@ class PruneOptions:
             require_ray()
         if self.batch_size <= 0:
             raise OnnxPruneError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.stats_dtype not in DTYPES:
+            raise OnnxPruneError(f"unknown stats dtype {self.stats_dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise OnnxPruneError(f"--max-rows must be positive, got {self.max_rows}")
         if self.ridge < 0:
             raise OnnxPruneError(f"--ridge must be >= 0, got {self.ridge}")
         if self.min_channels < 1 or self.round_to < 1:
@@ -108,6 +115,11 @@ class PruneOptions:
     def impl(self) -> Method:
         """The selection method named by `method`."""
         return get_method(self.method)
+
+    @property
+    def stats(self) -> StatsSettings:
+        """How capture accumulates statistics (capture/stats.py)."""
+        return StatsSettings(self.stats_dtype, self.max_rows)
 
     @property
     def rules(self) -> Rules:

@@ -20,6 +20,7 @@ import numpy as np
 
 from onnx import numpy_helper
 
+from ..capture.stats import design_key
 from ..graph.index import GraphIndex
 from ..graph.roles import Refusal, is_matmul_like, refit_layer
 from ..rewrite.apply import apply_group
@@ -86,11 +87,6 @@ def _ancestors(idx: GraphIndex, tensor: str, memo: dict) -> frozenset:
     return memo[tensor]
 
 
-def _design_key(c) -> tuple:
-    """Layers with equal keys lay the same input out as the same rows x features."""
-    return (c.input, c.conv is not None, c.conv, c.trans_a, c.layout.axis)
-
-
 def plan_steps(session, todo: list, refit: str, exclude=()) -> tuple:
     """(steps in topological order, notes): every todo group, and with refit 'all' every
     other Conv/Gemm/MatMul with a constant weight whose input changes."""
@@ -123,7 +119,7 @@ def plan_steps(session, todo: list, refit: str, exclude=()) -> tuple:
             changed |= _touched(g)
     shared: dict = {}
     for c in layers:
-        shared.setdefault(_design_key(c), []).append(c)
+        shared.setdefault(design_key(c), []).append(c)
     steps += [LayerStep(tuple(cs)) for cs in shared.values()]
     steps.sort(key=lambda s: (idx.order[s.boundary], isinstance(s, GroupStep)))
     return steps, notes
@@ -150,7 +146,7 @@ def refit_layers(pruner, current, step: LayerStep):
         width = target.shape[1]
         energy = float(xp.sum(stats.column_target[col:col + width]))
         col += width
-        problem = whole_problem(stats.gram, stats.cross, energy, w0, target, xp)
+        problem = whole_problem(stats.gram, stats.h[:, col - width:col], energy, w0, xp)
         fold = _batchnorm_mean(idx, c, w0.shape[1])
         has_bias = c.bias is not None or c.bias_node is not None or fold is not None
         new = least_squares(problem, [], pruner.opts.ridge, xp, w0=w0, intercept=has_bias)

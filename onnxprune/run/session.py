@@ -15,6 +15,7 @@ import onnx
 
 from ..capture import runtime, shapes
 from ..capture.parallel import ParallelCapturer
+from ..capture.stats import StatsSettings
 from ..capture.stream import Capturer
 from ..errors import NothingToPrune, OnnxPruneError
 from ..graph.analyze import analyze
@@ -44,6 +45,7 @@ class Session:
     mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
     notes: tuple = ()                # where shapes static inference left unknown came from
     pool: object | None = None       # Ray capture workers (capture/ray_workers.RayPool); None: this process
+    stats: StatsSettings = StatsSettings()      # how capture accumulates statistics (capture/stats.py)
 
     @property
     def row_mask(self) -> str | None:
@@ -94,7 +96,7 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
     reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
     pool = _worker_pool(model, calibration, batch_size, device, xp, opts)
     return Session(source, model, index, analysis, groups, calibration, batch_size, device, xp,
-                   reference, time.perf_counter() - start, mask, tuple(notes), pool)
+                   reference, time.perf_counter() - start, mask, tuple(notes), pool, opts.stats)
 
 
 def _worker_pool(model, calibration, batch_size: int, device: str, xp, opts: PruneOptions):
@@ -111,7 +113,8 @@ def _worker_pool(model, calibration, batch_size: int, device: str, xp, opts: Pru
 
 def capturer(session: Session, progress=None) -> Capturer:
     """A Capturer over the session's calibration: on its Ray workers when it has them."""
-    args = (session.calibration, session.batch_size, session.device, session.xp, progress, session.row_mask)
+    args = (session.calibration, session.batch_size, session.device, session.xp, progress, session.row_mask,
+            session.stats)
     return Capturer(*args) if session.pool is None else ParallelCapturer(session.pool, *args)
 
 

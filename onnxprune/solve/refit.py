@@ -13,10 +13,9 @@ import numpy as np
 from .problem import Problem
 
 
-def whole_problem(gram, cross, target: float, weight, target_weight, xp) -> Problem:
+def whole_problem(gram, h, target: float, weight, xp) -> Problem:
     """The problem of a layer that keeps all its inputs: inputs from the current model
-    (`gram`), targets the original layer's output (`cross` @ `target_weight`, energy `target`)."""
+    (`gram`), targets the original layer's output (`h` = Σ [B 1]ᵀ Y, energy `target`)."""
     w = xp.asarray(weight, dtype=xp.float64)
-    h = cross @ xp.asarray(target_weight, dtype=xp.float64)
     rows = gram.shape[0]
-    return Problem(gram, h, w, float(target), 1, 0, rows, np.zeros(0, dtype=np.int64))
+    return Problem(gram, xp.asarray(h, dtype=xp.float64), w, float(target), 1, 0, rows, np.zeros(0, dtype=np.int64))

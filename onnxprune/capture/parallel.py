@@ -28,6 +28,7 @@ from . import runtime
 from ..errors import InternalError
 from ..graph.index import GraphIndex
 from ..io.calib import Calibration
+from .skipdrift import add_step_batch, step_tensors
 from .stats import StatsSettings, shared_accumulators, split_results
 from .stream import Capturer, Stream, submodel
 
@@ -83,7 +84,7 @@ class ShardWorker:
 
     def step_partials(self, cid: int, original_bytes: bytes, cacheable: bool, current_bytes: bytes, asym: bool,
                       consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None,
-                      settings: StatsSettings):
+                      settings: StatsSettings, partners: dict | None = None):
         """Partial statistics of one seq/asym step of capture `cid` on this worker's samples
         (see Capturer.step_stats). The original model comes with every step but is parsed once
         per capture; a worker restarted after a crash has no saved frontier, so its Streams
@@ -93,7 +94,7 @@ class ShardWorker:
             original = onnx.load_from_string(original_bytes)
             self._captures[cid] = (original, GraphIndex.build(original), {}, cacheable)
         original, types, streams, cacheable = self._captures[cid]
-        tensors = sorted({c.input for c in consumers})
+        tensors = step_tensors(consumers, partners if asym else None)
         cur = self._stream(streams, "current", types, cacheable)
         cur.prepare(onnx.load_from_string(current_bytes), tensors, save)
         ref = None
@@ -101,21 +102,20 @@ class ShardWorker:
             ref = self._stream(streams, "original", types, cacheable)
             ref.prepare(original, tensors, save)
         targets = {c.node: weights.get(c.node) for c in consumers} if asym else None
-        accs = [acc for _, acc in shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)]
+        shared = shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)
         mine = _spawn(observers)
         setup, at = time.perf_counter() - start, 0
         for feeds in self._batches():
             b_out = cur.run_batch(at, feeds)
             a_out = ref.run_batch(at, feeds) if ref is not None else {}
-            for acc in accs:
-                acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input), feeds.get(row_mask))
+            add_step_batch(shared, targets, b_out, a_out, feeds.get(row_mask), partners)
             for obs in mine:
                 obs.add(b_out[obs.consumer.input], row_mask=feeds.get(row_mask))
             at += next(iter(feeds.values())).shape[0]
         cur.finish()
         if ref is not None:
             ref.finish()
-        return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
+        return ([acc.partial() for _, acc in shared], mine), (setup, time.perf_counter() - start)
 
     def ready(self):
         return None, (0.0, 0.0)
@@ -209,14 +209,14 @@ class ParallelCapturer(Capturer):
 
     def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
                    original: onnx.ModelProto | None = None, weights: dict | None = None,
-                   observers: tuple = ()) -> list:
+                   observers: tuple = (), partners: dict | None = None) -> list:
         start = time.perf_counter()
         save = self.frontiers[self.step]
         self.step += 1
         model = self.pool.put(current.SerializeToString())        # once per step, for every worker
         results = self._map(label, "step_partials", self._cid, self._original, self.cacheable, model,
                             original is not None, list(consumers), dict(weights or {}), set(save),
-                            tuple(observers), self.row_mask, self.settings)
+                            tuple(observers), self.row_mask, self.settings, dict(partners or {}))
         targets = {c.node: (weights or {}).get(c.node) for c in consumers} if original is not None else None
         return self._reduce(label, start, results, consumers, targets, observers)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .features import canonical_order, feature_rows, feature_width, rows_per_sample, samples_to_axis0, token_rows
+from .skipdrift import output_rows
 from ..graph.groups import Consumer
 
 # Rows are turned into features in chunks of at most this many elements.
@@ -151,21 +152,26 @@ class GramAccumulator:
         self.sampled = False
         self._order = None
 
-    def add(self, b_batch, a_batch=None, row_mask=None) -> None:
+    def add(self, b_batch, a_batch=None, row_mask=None, drift=None) -> None:
         """Accumulate one batch; `row_mask` ([samples, tokens] of 0/1) drops padding rows of
-        token-wise (Gemm/MatMul) consumers whose rows are sample x token."""
+        token-wise (Gemm/MatMul) consumers whose rows are sample x token. asym `drift`: an
+        output-shaped batch added to the target Y (the skip path's drift at a residual Add,
+        capture/skipdrift.py); only given when every batch has one."""
         c = self.consumer
         b_batch = samples_to_axis0(b_batch, c)
         a_batch = samples_to_axis0(a_batch, c) if self.asym else None
+        drift = drift if self.asym else None
         if self.gram is None:
-            self._start(b_batch, a_batch)
+            self._start(b_batch, a_batch, drift is not None)
+        if drift is not None and self.h is None:
+            raise ValueError(f"{c.node}: a skip drift arrived after batches without one")
         keep = token_rows(c, b_batch, row_mask)
         self.masked |= keep is not None
         rows, weight = self._rows(b_batch, keep)
         self.batch += 1
         batch = _BatchSums()
-        for b, a in self._chunks(b_batch, a_batch, rows):
-            self._accumulate(batch, b, a, weight)
+        for b, a, d in self._chunks(b_batch, a_batch, rows, drift):
+            self._accumulate(batch, b, a, weight, d)
             self.rows += b[0].shape[0]
         if batch.shift_b is not None:
             self._unshift(batch)
@@ -182,9 +188,9 @@ class GramAccumulator:
         self.sampled = True
         return (pick if rows is None else rows[pick]), total / limit
 
-    def _chunks(self, b_batch, a_batch, rows):
-        """Yield (X_B, X_A or None) chunks of design rows (no intercept) in the compute dtype,
-        each with whether it is a fresh copy."""
+    def _chunks(self, b_batch, a_batch, rows, drift=None):
+        """Yield (X_B, X_A or None, drift rows or None) chunks of design rows (no intercept) in
+        the compute dtype, X_B and X_A each with whether it is a fresh copy."""
         c, xp = self.consumer, self.xp
         width = max(1, self._width_b + (self._width_a if self.asym else 0))
         if rows is None:
@@ -197,7 +203,8 @@ class GramAccumulator:
         for samples, sub in pieces:
             b = feature_rows(xp.asarray(b_batch[samples]), c, xp, self.dtype, sub)
             a = feature_rows(xp.asarray(a_batch[samples]), c, xp, self.dtype, sub) if self.asym else None
-            yield b, a
+            d = None if drift is None else output_rows(xp.asarray(drift[samples]), c, xp, self.dtype, sub)
+            yield b, a, d
 
     def _shifted(self, rows_fresh: tuple, shift):
         """Rows minus the shift, in the compute dtype (in place when feature_rows made a copy)."""
@@ -213,7 +220,8 @@ class GramAccumulator:
         step = max(1, rows.shape[0] // SHIFT_ROWS)
         return self.xp.mean(rows[::step], axis=0, dtype=self.xp.float64).astype(self.dtype)
 
-    def _accumulate(self, batch: "_BatchSums", b_fresh: tuple, a_fresh: tuple | None, weight: float) -> None:
+    def _accumulate(self, batch: "_BatchSums", b_fresh: tuple, a_fresh: tuple | None, weight: float,
+                    drift=None) -> None:
         """Add one chunk's products of shifted rows Z = X - shift into the float64 sums."""
         xp, f64 = self.xp, self.xp.float64
         if batch.shift_b is None:
@@ -227,6 +235,10 @@ class GramAccumulator:
         a = self._shifted(a_fresh, batch.shift_a)
         y = xp.dot(a, self._w_rows)
         y += batch.intercept
+        if drift is not None:
+            if drift.shape != y.shape:
+                raise ValueError(f"{self.consumer.node}: skip drift rows {drift.shape} do not match its outputs {y.shape}")
+            y += drift
         if self.h is not None:
             _add(self.h, xp.dot(b.T, y), weight, xp)
         else:
@@ -253,7 +265,7 @@ class GramAccumulator:
             self.cross += xp.outer(c, batch.sum_a + n * ca) + xp.outer(batch.sum_b, ca)
         self.sum_y += batch.sum_y
 
-    def _start(self, batch, a_batch) -> None:
+    def _start(self, batch, a_batch, drift: bool = False) -> None:
         xp, f64 = self.xp, self.xp.float64
         self._width_b = feature_width(batch, self.consumer)
         self._order = canonical_order(self.consumer, self._width_b + 1)
@@ -271,7 +283,7 @@ class GramAccumulator:
         m = w.shape[1]
         self._w64 = (w[:-1], w[-1])
         self._w_rows = w[:-1].astype(self.dtype)
-        if m <= self._width_a:
+        if m <= self._width_a or drift:      # a drift is no function of X_A: H directly
             self.h = xp.zeros((d, m), dtype=f64)
         else:
             self.cross = xp.zeros((d, self._width_a), dtype=f64)

@@ -16,6 +16,7 @@ from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
 from .prefix import TensorStore, frontier, region_model, samples_on_axis0
+from .skipdrift import add_step_batch, step_tensors
 from .stats import StatsSettings, shared_accumulators, split_results
 
 Progress = Callable[[str, int, int], None]
@@ -50,12 +51,17 @@ class Stream:
         save = set(save) if self.enabled else set()
         self._new = sorted(save - self.available)
         self._save = save
-        self._outputs = list(outputs)
+        # outputs already at hand (a saved frontier tensor, a graph input: a residual skip
+        # can be either) are read, not computed: a region cannot output its own input
+        at_hand = self.available | set(structure.graph_inputs)
+        self._outputs = [t for t in outputs if t not in at_hand]
+        self._read = [t for t in outputs if t in at_hand]
         fetch = self._outputs + [t for t in self._new if t not in self._outputs]
-        sub, self._inputs = region_model(model, structure, fetch, self.available)
-        self._fetch = fetch
-        self._session = runtime.session(sub, self.device, built="the region of the partly pruned model cut for capture",
-                                        threads=self.threads)
+        self._fetch, self._inputs, self._session = fetch, [], None
+        if fetch:
+            sub, self._inputs = region_model(model, structure, fetch, self.available)
+            self._session = runtime.session(sub, self.device, threads=self.threads,
+                                            built="the region of the partly pruned model cut for capture")
 
     def _stored_types(self) -> dict:
         """Element types, with those of saved tensors shape inference could not type (the
@@ -70,7 +76,9 @@ class Stream:
         full = {}
         for name in self._inputs:
             full[name] = feeds[name] if name in feeds else self.store.read(name, start, count)
-        values = dict(zip(self._fetch, runtime.run(self._session, full, self._fetch)))
+        values = dict(zip(self._fetch, runtime.run(self._session, full, self._fetch))) if self._fetch else {}
+        values.update((name, feeds[name] if name in feeds else self.store.read(name, start, count))
+                      for name in self._read)
         for name in self._new:
             self.store.append(name, values[name])
         return values
@@ -135,12 +143,13 @@ class Capturer:
 
     def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
                    original: onnx.ModelProto | None = None, weights: dict | None = None,
-                   observers: tuple = ()) -> list:
-        """Statistics of the next planned group on `current` (asym: against `original`);
+                   observers: tuple = (), partners: dict | None = None) -> list:
+        """Statistics of the next planned group on `current` (asym: against `original`, with
+        the skip drift of `partners`: consumer node -> skip tensor, see skipdrift.py);
         `observers` see the current model's consumer inputs, as in layer_stats."""
         save = self.frontiers[self.step]
         self.step += 1
-        tensors = sorted({c.input for c in consumers})
+        tensors = step_tensors(consumers, partners if original is not None else None)
         cur = self._stream("current")
         cur.prepare(current, tensors, save)
         ref = None
@@ -149,13 +158,11 @@ class Capturer:
             ref.prepare(original, tensors, save)
         targets = {c.node: (weights or {}).get(c.node) for c in consumers} if ref is not None else None
         shared = shared_accumulators(consumers, self.xp, targets, self.settings)
-        accs = [acc for _, acc in shared]
         start = 0
         for feeds in self._batches(label):
             b_out = cur.run_batch(start, feeds)
             a_out = ref.run_batch(start, feeds) if ref is not None else {}
-            for acc in accs:
-                acc.add(b_out[acc.consumer.input], a_out.get(acc.consumer.input), feeds.get(self.row_mask))
+            add_step_batch(shared, targets, b_out, a_out, feeds.get(self.row_mask), partners)
             for obs in observers:
                 obs.add(b_out[obs.consumer.input], row_mask=feeds.get(self.row_mask))
             start += next(iter(feeds.values())).shape[0]

@@ -105,6 +105,10 @@ def _method_options(f):
                           "Conv/Gemm/MatMul whose input drifted, to the original layer's output [default: all "
                           "with calibration data and reweighting; layer mode always refits the consumers only, "
                           "from the original activations]."),
+        click.option("--residual-target", type=click.Choice(["sum", "branch"]), default=None,
+                     help="asym: refit a layer that ends a residual branch to the original sum at its Add "
+                          "minus the current skip path (also cancels the skip path's drift), or to its own "
+                          "original output [default: sum with --refit all, else branch]."),
         click.option("--search", type=click.Choice(["none", "swap"]), default="none", show_default=True,
                      help="greedy: after the picks, swap one kept channel for a dropped one while that lowers "
                           "the layer's least-squares error (other methods ignore it)."),

@@ -51,6 +51,7 @@ class PruneOptions:
     workers: int | None = None          # capture on N Ray workers; None: 1 (no Ray), or the whole --ray-address cluster
     ray_address: str | None = None      # an existing Ray cluster to capture on
     search: str = "none"                # greedy: none | swap (local search after the picks, solve/swap.py)
+    residual_target: str | None = None  # asym: sum | branch; None: sum with --refit all (graph/residual.py)
 
     @classmethod
     def of(cls, **options) -> "PruneOptions":
@@ -89,6 +90,11 @@ class PruneOptions:
         if self.refit == "all" and self.mode == "layer":
             raise OnnxPruneError("--refit all needs --mode seq or asym (layer mode takes every statistic from "
                                  "the original model, so no layer's input drifts)")
+        if self.residual_target not in (None, "sum", "branch"):
+            raise OnnxPruneError(f"unknown residual target {self.residual_target!r}; choose one of sum, branch")
+        if self.residual_target == "sum" and self.mode != "asym":
+            raise OnnxPruneError("--residual-target sum needs --mode asym (it compares the skip path with the "
+                                 "original model's)")
         if self.workers is not None and self.workers < 1:
             raise OnnxPruneError(f"--workers must be >= 1, got {self.workers}")
         if self.distributed:

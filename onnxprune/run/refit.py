@@ -137,8 +137,9 @@ def refit_layers(pruner, current, step: LayerStep):
         currents.append(consumer_matrix(idx, c))
     lead = step.layers[0]
     t = time.perf_counter()
+    partners = pruner.partners([lead]) if len(step.layers) == 1 else None
     stats = pruner.capturer.step_stats(current, [lead], f"refit {lead.node}", pruner.original,
-                                       {lead.node: np.hstack(targets)})[0]
+                                       {lead.node: np.hstack(targets)}, partners=partners)[0]
     t = pruner.clock.add("capture", t)
     pruner.masked.update([c.node for c in step.layers] if stats.masked else [])
     updates, entries, col, folds = [], [], 0, {}

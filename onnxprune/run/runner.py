@@ -15,6 +15,7 @@ import numpy as np
 
 from ..graph.index import GraphIndex
 from ..graph.layout import Alive
+from ..graph.residual import skip_partner
 from ..methods.base import ConsumerPart, SelectContext, group_rng
 from ..methods.importance import scaled_rows
 from ..methods.pieces import cover_pieces, split_pieces
@@ -59,6 +60,8 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     elif opts.refit == "all" and not (opts.reweight and session.calibration is not None):
         notes.append("--refit all needs calibration data and reweighting: only the consumers' refit applies")
         opts = replace(opts, refit="consumers")
+    if opts.residual_target is None:
+        opts = replace(opts, residual_target="sum" if opts.refit == "all" and opts.mode == "asym" else "branch")
     if opts.needs_data and session.calibration is None:
         calibration_for(session.model, None, opts)            # raises the user error
     if session.pool is not None:
@@ -86,6 +89,10 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     clock.seconds["analyze"] = session.setup_seconds if include_setup else 0.0
     clock.seconds["total"] = time.perf_counter() - start + clock.seconds["analyze"]
     refits = pruner.refits if opts.refit == "all" else None
+    if pruner.summed:
+        notes.append(f"{len(pruner.summed)} layer(s) end a residual branch and were refitted to the original model's "
+                     "sum at their Add minus the current skip path (--residual-target sum), which also cancels "
+                     "the skip path's drift")
     return pruned, build_report(session, opts, pruned, group_reports, verify, clock.seconds, notes + pruner.notes,
                                 pruner.masked, refits, bool(pruner.captured))
 
@@ -112,6 +119,7 @@ class GroupPruner:
         self.refits = []              # --refit all: one entry per refitted non-consumer layer
         self.notes = []               # decisions a user should know about (for the report)
         self.underdetermined = []     # --refit all: layers with fewer calibration rows than features
+        self.summed = set()           # layers refitted to the original sum at their residual Add
 
     def run(self, counts: dict):
         groups = self.session.groups
@@ -233,13 +241,24 @@ class GroupPruner:
                     p.target_weight = self._target_weight(p.consumer)
             original = self.original if opts.mode == "asym" else None
             stats = self.capturer.step_stats(current, list(g.consumers), f"capture {g.name}", original,
-                                             {p.consumer.node: p.target_weight for p in parts}, observers)
+                                             {p.consumer.node: p.target_weight for p in parts}, observers,
+                                             self.partners(g.consumers) if original is not None else None)
         self.clock.add("capture", t)
         self.masked.update(s.consumer.node for s in stats if s.masked)
         self.captured.update(s.consumer.node for s in stats)
         for p, s in zip(parts, stats):
             p.problem = Problem.build(s, p.matrix, p.view, xp, keep_rows=p.keep_rows, target_weight=p.target_weight)
         return True
+
+    def partners(self, consumers) -> dict:
+        """--residual-target sum: consumer node -> the skip operand of the residual Add it
+        feeds (graph/residual.py), for those that end a residual branch."""
+        if self.opts.residual_target != "sum":
+            return {}
+        found = {c.node: skip_partner(self.session.index, c) for c in consumers}
+        found = {node: skip for node, skip in found.items() if skip}
+        self.summed.update(found)
+        return found
 
     def _target_weight(self, c):
         """asym target: the original consumer matrix, limited to the outputs still present."""

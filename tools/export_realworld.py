@@ -29,8 +29,9 @@ resize to height 48 keeping the aspect ratio, width <= 192, zero padding on the 
                      photos + 64 mosaics of 8x8 CIFAR-10 calibration images (../shared/data).
   det_heldout.npz    x [96,3,256,256]: 80 crops of the held-out photos + 16 mosaics of CIFAR-10 test
                      images.
-  cls_calib.npz      x [512,3,48,192]: strips (aspect 2..8) of the calibration photos, every other
-                     one rotated by 180 degrees (what the classifier tells apart).
+  cls_calib.npz      x [512,3,48,192]: strips (aspect 2..8; on the photos with text, 10-30% of the
+                     height and aspect 3..10: a line or two) of the calibration photos, every
+                     other one rotated by 180 degrees (what the classifier tells apart).
   cls_heldout.npz    x [256,3,48,192]: the same from the held-out photos.
   rec_calib.npz / rec_heldout.npz   x [128|64,3,48,320]: strips for the recognizer.
 
@@ -163,7 +164,15 @@ def det_set(rng, photos, names, n_crops, cifar, n_mosaics) -> np.ndarray:
 
 def strip(rng, photos, names, width: int, rotate: bool) -> np.ndarray:
     """rapidocr's resize_norm_img: height 48, aspect kept, width <= `width`, zeros on the right."""
-    piece = crop(rng, photos[pick(rng, names)], rng.uniform(2.0, 8.0))
+    name = pick(rng, names)
+    if name in TEXT_PHOTOS:                                # a line or two of text
+        image = photos[name]
+        ch = max(8, int(image.shape[0] * rng.uniform(0.1, 0.3)))
+        cw = min(image.shape[1], int(ch * rng.uniform(3.0, 10.0)))
+        y, x = rng.integers(0, image.shape[0] - ch + 1), rng.integers(0, image.shape[1] - cw + 1)
+        piece = image[y:y + ch, x:x + cw]
+    else:
+        piece = crop(rng, photos[name], rng.uniform(2.0, 8.0))
     if rotate:
         piece = piece[::-1, ::-1]
     h, w = piece.shape[:2]

@@ -72,7 +72,7 @@ def main() -> None:
 
     def spy(model, idx, outputs, available):
         sub, inputs = cut(model, idx, outputs, available)
-        regions.append((len(sub.graph.node), sum(macs.get(n.name, 0) for n in sub.graph.node) / total))
+        regions.append((outputs[0], sum(macs.get(n.name, 0) for n in sub.graph.node) / total))
         return sub, inputs
 
     capture_stream.region_model = spy
@@ -87,6 +87,8 @@ def main() -> None:
     print(f"capture regions: {len(regions)} (current + original per step); re-run share of the model's "
           f"MACs per region: mean {shares.mean():.3f}, max {shares.max():.3f}, sum {shares.sum():.2f} "
           f"(= whole-model passes per sample)")
+    for name, share in sorted(regions, key=lambda r: -r[1])[:6]:
+        print(f"  region up to {name}: {share:.3f} of the model's MACs")
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(args.top)

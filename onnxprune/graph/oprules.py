@@ -15,10 +15,11 @@ from .index import GraphIndex, attr
 from .groups import AttrSite, ParamSite
 from .layout import Layout, concat, cut, opaque
 from .roles import Effect, Refusal
+from .constparams import reshaped_param_sites
 from .msrules import MS, ms_transfer
 from .padding import pad_effect
 from .reshape import flatten_effect, reshape_effect
-from .shapes import normalised, shape_range
+from .shapes import channel_count_unused, shape_range
 
 
 # Element-wise ops of one tensor: channel identity is untouched.
@@ -173,6 +174,10 @@ def _binary(idx, node, layouts, opset):
             if site is not None:
                 effect.sites.append(site)
             continue
+        relaid = reshaped_param_sites(idx, node, name, first, out_rank)
+        if relaid is not None:
+            effect.sites.extend(relaid)
+            continue
         shape = idx.dims(name)
         axis = first.axis - (out_rank - len(shape)) if shape is not None else None
         if shape is None or (axis is not None and axis >= 0 and shape[axis] != 1):
@@ -214,16 +219,13 @@ def _reshape(idx, node, layouts, opset):
 
 def _shape(idx, node, layouts, opset):
     """Shape reads dimensions, not values: fine while nothing uses the channel count (every
-    use a Gather of constant indices, negative ones counted from the back, none of which is
-    the channel axis)."""
+    use, after any Casts, a Gather of constant indices (negative ones counted from the back)
+    or a constant Slice, none of which picks the channel axis)."""
     layout = _only_input0(node, layouts)
     read = shape_range(node, layout.rank)
     channel = read.index(layout.axis) if layout.axis in read else None
-    for user, _ in idx.uses(node.output[0]):
-        picks = idx.known_value(user.input[1]) if user.op_type == "Gather" and len(user.input) > 1 else None
-        picks = normalised(picks, len(read)) if picks is not None else None
-        if picks is None or attr(user, "axis", 0) not in (0, -1) or channel in picks:
-            raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
+    if not channel_count_unused(idx, node.output[0], len(read), channel, opset):
+        raise Refusal(f"Shape '{node.name}' reads the channel count of a prunable tensor")
     return Effect()
 
 

@@ -58,6 +58,10 @@ def shape_entries(idx: GraphIndex, name: str, depth: int = 0):
         picks = idx.known_value(node.input[1])
         picks = None if entries is None or picks is None else normalised(picks, len(entries))
         return None if picks is None else [entries[i] for i in picks]
+    if op == "Slice":
+        entries = shape_entries(idx, node.input[0], depth + 1)
+        picks = None if entries is None else sliced_positions(idx, node, len(entries))
+        return None if picks is None else [entries[i] for i in picks]
     folded = idx.known_value(name)
     if folded is not None:
         return [Const(int(v)) for v in np.asarray(folded).reshape(-1)]
@@ -70,6 +74,50 @@ def shape_range(node, rank: int) -> range:
     start, end = attr(node, "start", 0), attr(node, "end", rank)
     start, end = (min(max(s + rank if s < 0 else s, 0), rank) for s in (start, end))
     return range(start, end)
+
+
+def sliced_positions(idx: GraphIndex, node, size: int):
+    """The positions of a 1-D tensor of `size` that Slice `node` (opset >= 10, constant
+    starts/ends/axes/steps) keeps, in output order; None when they are not constants.
+
+    Example: Paddle's batch read Slice(Cast(Shape(x)), starts [0], ends [1], axes [0]) -> [0]."""
+    if len(node.input) < 3:
+        return None
+    values = [idx.known_value(node.input[i]) if len(node.input) > i and node.input[i] else None
+              for i in range(1, 5)]
+    if values[0] is None or values[1] is None or any(v is None for v, i in zip(values[2:], (3, 4))
+                                                     if len(node.input) > i and node.input[i]):
+        return None
+    starts, ends = (np.asarray(v).reshape(-1) for v in values[:2])
+    axes = np.asarray(values[2]).reshape(-1) if values[2] is not None else np.zeros(1, dtype=np.int64)
+    steps = np.asarray(values[3]).reshape(-1) if values[3] is not None else np.ones(1, dtype=np.int64)
+    if not (len(starts) == len(ends) == len(axes) == len(steps) == 1) or int(axes[0]) not in (0, -1) \
+            or int(steps[0]) < 1:
+        return None
+    return list(range(size))[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
+
+
+def channel_count_unused(idx: GraphIndex, tensor: str, size: int, channel, opset: int, depth: int = 0) -> bool:
+    """Whether no reader of 1-D shape tensor `tensor` (`size` entries, a Shape's output) can see
+    entry `channel`: every use, after any Casts, is a Gather of constant indices or a constant
+    Slice that leaves it out (Paddle reads the batch as Slice(Cast(Shape(x)), [0], [1]))."""
+    if tensor in idx.graph_outputs or depth > 8:
+        return False
+    for user, _ in idx.uses(tensor):
+        if user.op_type in ("Cast", "Identity"):
+            if not channel_count_unused(idx, user.output[0], size, channel, opset, depth + 1):
+                return False
+            continue
+        if user.op_type == "Gather" and len(user.input) > 1 and attr(user, "axis", 0) in (0, -1):
+            picks = idx.known_value(user.input[1])
+            picks = normalised(picks, size) if picks is not None else None
+        elif user.op_type == "Slice" and opset >= 10:
+            picks = sliced_positions(idx, user, size)
+        else:
+            picks = None
+        if picks is None or channel in picks:
+            return False
+    return True
 
 
 def normalised(indices, size: int):

@@ -2,6 +2,8 @@
 without reweighting, on the ../shared benchmark models (protocol: DESIGN.md section 5).
 
     python tools/bench_paper.py run --model lenet_mnist --model resnet56_cifar10 --seeds 0,1,2
+    python tools/bench_paper.py run --model resnet56_cifar10 --seeds 0 --reweight yes --refit all \
+        --log .bench/paper_refit.jsonl        # the grid with every drifted layer refitted (issue 13)
     python tools/bench_paper.py calib-size --model resnet56_cifar10 --sizes 128,512,2048,5000
     python tools/bench_paper.py report            # markdown tables + docs/paper_<model>.png
     python tools/bench_paper.py peers --include .bench/onnxsim.jsonl   # peer rows beside ours

@@ -182,3 +182,22 @@ def test_symbolic_inference_writes_nothing_into_the_working_directory(tmp_path, 
     notes = shapes.infer_symbolic(model, idx)
     assert any("left 3 of them unknown" in n for n in notes)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_filled_shapes_do_not_propagate_in_a_graph_of_standard_ops_only():
+    """Static inference re-runs from filled shapes only after a custom-domain op: in a plain
+    ai.onnx graph the next fallback (measured shapes) must type what stays unknown, so that
+    dim names stay comparable (a model input's `batch` next to measured dims broke the head
+    merge proof of a real BERT export)."""
+    from onnx import TensorProto, helper
+    from onnxprune.graph.index import GraphIndex
+
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="r"), helper.make_node("Relu", ["y"], ["z"], name="a"),
+             helper.make_node("Relu", ["z"], ["out"], name="b")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    idx = GraphIndex.build(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert {"y", "z"} <= set(idx.unknown_shapes())
+    assert idx.fill_shapes({"y": (TensorProto.FLOAT, ("N", 4))}, "symbolic") == ["y"]
+    assert "z" in idx.unknown_shapes() and "y" not in idx.unknown_shapes()

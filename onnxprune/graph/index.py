@@ -146,8 +146,12 @@ class GraphIndex:
         """ONNX inference stops at an op it does not know (a com.microsoft fused op) and
         onnxruntime's symbolic inference may stop a few ops later; with the filled shapes given
         as value_info, static inference types the standard ops after them too (recorded as
-        coming from `source`, their origin)."""
+        coming from `source`, their origin). Only for graphs with such ops: elsewhere the
+        inferred names (a model input's `batch`) would sit beside the measured ones of the same
+        dims, and proofs that compare dim names (a head merge keeping [B, T]) would fail."""
         graph = self.model.graph
+        if all(n.domain in ("", "ai.onnx") for n in graph.node):
+            return
         before = len(graph.value_info)
         graph.value_info.extend(onnx.helper.make_tensor_value_info(n, self.elem_types[n], _named(self.model_dims[n]))
                                 for n in self.shape_sources if self.elem_types.get(n))

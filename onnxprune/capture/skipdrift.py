@@ -33,7 +33,7 @@ def batch_drift(group: list, partners: dict, widths: list, original: dict, curre
             a, b = original[skip], current[skip]
             axis = 1 if c.conv is not None else -1
             if a.shape == b.shape and a.shape[axis] == width:
-                d = np.subtract(a, b, dtype=np.float64).astype(np.promote_types(a.dtype, np.float32))
+                d = np.subtract(a, b, dtype=np.promote_types(a.dtype, np.float32))   # exact before rounding
                 template = (d, axis)
         parts.append((d, width))
     if template is None:

@@ -73,12 +73,12 @@ class Stream:
 
     def run_batch(self, start: int, feeds: dict) -> dict:
         count = next(iter(feeds.values())).shape[0]
-        full = {}
-        for name in self._inputs:
-            full[name] = feeds[name] if name in feeds else self.store.read(name, start, count)
+        def at_hand(name):
+            return feeds[name] if name in feeds else self.store.read(name, start, count)
+
+        full = {name: at_hand(name) for name in self._inputs}
         values = dict(zip(self._fetch, runtime.run(self._session, full, self._fetch))) if self._fetch else {}
-        values.update((name, feeds[name] if name in feeds else self.store.read(name, start, count))
-                      for name in self._read)
+        values.update((name, at_hand(name)) for name in self._read)
         for name in self._new:
             self.store.append(name, values[name])
         return values

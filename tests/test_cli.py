@@ -141,3 +141,21 @@ def test_usage_errors_exit_2(files):
     assert r.exit_code == 2
     r = invoke("prune", model, "-o", "x.onnx", "--method", "magic", "--keep", "0.5")
     assert r.exit_code == 2
+    for option, bad in (("--ridge", "-1"), ("--ridge", "high"), ("--max-rows", "0"), ("--max-rows", "most")):
+        r = invoke("prune", model, "--calib", calib, "--keep", "0.5", "-o", "x.onnx", option, bad)
+        assert r.exit_code == 2 and option in r.output, (option, bad)
+
+
+def test_ridge_and_row_limit_choices_reach_the_report(files):
+    tmp, model, calib = files
+    reports = {}
+    for name, extra in (("auto", []), ("fixed", ["--ridge", "1e-3", "--max-rows", "all"]),
+                        ("rows", ["--max-rows", "100"])):
+        rep = tmp / f"{name}.json"
+        r = invoke("prune", model, "--calib", calib, "--keep", "0.5", "-o", tmp / f"{name}.onnx", "--report", rep,
+                   *extra)
+        assert r.exit_code == 0, r.output
+        reports[name] = json.loads(rep.read_text())
+    ridges = [v for g in reports["fixed"]["groups"] for v in g["ridge"].values()]
+    assert ridges and all(v == 1e-3 for v in ridges)
+    assert all(g["ridge"] for g in reports["auto"]["groups"] if g["channels_after"] < g["channels_before"])

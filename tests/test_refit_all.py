@@ -8,6 +8,7 @@ from onnxprune import OnnxPruneError, prune
 from onnxprune.capture.stream import submodel
 from onnxprune.solve.refit import whole_problem
 from onnxprune.solve.reweight import least_squares
+from onnxprune.solve.ridge import GRID
 
 
 def residual_chain(kind: str, seed=0):
@@ -73,7 +74,8 @@ def test_drifted_layers_are_refitted_and_their_error_drops(kind):
     assert "refits" not in rb.to_dict()
     entries = {e["node"]: e for e in ra.to_dict()["refits"]}
     assert set(entries) == {"layer3", "head"}          # layer1 reads the graph input: unchanged
-    assert set(entries["layer3"]) == {"node", "rel_error_before", "rel_error_after", "rows", "features"}
+    assert set(entries["layer3"]) == {"node", "rel_error_before", "rel_error_after", "rows", "features", "ridge"}
+    assert all(e["ridge"] in GRID for e in entries.values())      # --ridge auto: a value of its grid
     # the first refitted layer's numbers are the measured output errors on the calibration data
     ref = tensor(model, outs["layer3"], data)
     e = entries["layer3"]

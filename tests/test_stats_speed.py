@@ -131,6 +131,23 @@ def test_row_subsampling_is_deterministic_weighted_and_unbiased():
     np.testing.assert_array_equal(unlimited.gram, full.gram)
 
 
+def test_auto_row_limit_samples_only_layers_with_far_more_rows_than_features(monkeypatch):
+    monkeypatch.setattr(stats_module, "AUTO_ROWS_FLOOR", 40)     # the floor (4096) scaled to a test's batches
+    monkeypatch.setattr(stats_module, "AUTO_ROWS_PER_FEATURE", 4)
+    auto = StatsSettings(max_rows="auto")
+    assert auto.row_limit(6) == 40 and auto.row_limit(20) == 84 and StatsSettings().row_limit(6) is None
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((7, 2))
+    many = offset_batches(rng, n=2, shape=(8, 10, 6), mean=0.5)              # 80 rows a batch > 40
+    few = [(b[:4], a[:4]) for b, a in many]                                   # 40 rows a batch
+    sampled = accumulate(matmul(), many, w=w, dtype="float64", max_rows="auto")
+    assert sampled.sampled and sampled.rows == 80
+    np.testing.assert_array_equal(sampled.gram, accumulate(matmul(), many, w=w, dtype="float64", max_rows=40).gram)
+    whole = accumulate(matmul(), few, w=w, dtype="float64", max_rows="auto")
+    assert not whole.sampled
+    np.testing.assert_array_equal(whole.gram, accumulate(matmul(), few, w=w, dtype="float64").gram)
+
+
 def test_row_subsampling_of_a_conv_uses_the_chosen_patches():
     rng = np.random.default_rng(5)
     c = conv()
@@ -227,7 +244,10 @@ def test_float32_statistics_select_as_well_as_float64():
 def test_bad_statistics_options_are_refused():
     model = B.cnn()
     data = B.random_inputs(model, 8)
-    with pytest.raises(OnnxPruneError, match="max-rows"):
-        prune(model, data, keep=0.5, max_rows=0)
+    for bad in (0, "some"):
+        with pytest.raises(OnnxPruneError, match="max-rows"):
+            prune(model, data, keep=0.5, max_rows=bad)
+    with pytest.raises(OnnxPruneError, match="ridge"):
+        prune(model, data, keep=0.5, ridge="high")
     with pytest.raises(OnnxPruneError, match="stats dtype"):
         prune(model, data, keep=0.5, stats_dtype="float16")

@@ -37,6 +37,11 @@ CHUNK_ELEMENTS = 8 * 1024 * 1024
 SHIFT_ROWS = 1024       # a batch's shift is the mean of about this many of its rows, evenly spaced
 SUM_BLOCK = 256         # column sums: float32 over blocks of this many rows, then float64
 DTYPES = ("float32", "float64")
+# `max_rows="auto"`: a layer keeps max(AUTO_ROWS_FLOOR, AUTO_ROWS_PER_FEATURE x features) rows
+# per batch, so only layers with many more rows than features (a conv on a large feature map)
+# are sub-sampled (docs/RESULTS.md "Row sub-sampling by default").
+AUTO_ROWS_FLOOR = 4096
+AUTO_ROWS_PER_FEATURE = 16
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,14 @@ class StatsSettings:
     """How statistics are accumulated (the same for every consumer of a run)."""
 
     dtype: str = "float32"          # precision of each chunk's products (sums are float64)
-    max_rows: int | None = None     # rows kept per consumer and batch (None: all)
+    max_rows: int | str | None = None   # rows kept per consumer and batch (None: all; "auto": row_limit)
     seed: int = 0
+
+    def row_limit(self, features: int) -> int | None:
+        """Rows of one batch a consumer with `features` design columns keeps (None: all)."""
+        if self.max_rows == "auto":
+            return max(AUTO_ROWS_FLOOR, AUTO_ROWS_PER_FEATURE * (features + 1))
+        return self.max_rows
 
 
 @dataclass
@@ -179,7 +190,7 @@ class GramAccumulator:
     def _rows(self, batch, keep):
         """(flat row indices or None for all, weight of each kept row)."""
         rows = None if keep is None else np.flatnonzero(keep.reshape(-1))
-        limit = self.settings.max_rows
+        limit = self.settings.row_limit(self._width_b)
         total = rows_per_sample(batch, self.consumer) * batch.shape[0] if rows is None else rows.size
         if limit is None or total <= limit:
             return rows, 1.0

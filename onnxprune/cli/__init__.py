@@ -22,7 +22,6 @@ from ..methods.importance import DRAWS
 from ..io.modelio import load_model, validate_output_path
 from ..run.pipeline import MODES, prune as prune_model
 from ..progress import StderrProgress
-from ..solve.reweight import DEFAULT_RIDGE
 from ..capture.runtime import resolve_device
 from ..capture.shapes import infer_symbolic
 from ..run.sweep import headline_column, plot_available, sweep as run_sweep
@@ -53,6 +52,32 @@ class _Command(click.Command):
 @click.version_option(__version__, prog_name="onnxprune")
 def main():
     """Make trained ONNX models smaller without retraining (structured channel pruning)."""
+
+
+def _ridge(ctx, param, value):
+    """--ridge: a non-negative number or auto."""
+    if value == "auto":
+        return value
+    try:
+        ridge = float(value)
+    except ValueError:
+        raise click.BadParameter(f"give a number >= 0 or auto, not {value!r}") from None
+    if not ridge >= 0:
+        raise click.BadParameter(f"give a number >= 0 or auto, not {value!r}")
+    return ridge
+
+
+def _row_limit(ctx, param, value):
+    """--max-rows: a positive count, auto or all (None)."""
+    if value in ("auto", "all"):
+        return None if value == "all" else value
+    try:
+        rows = int(value)
+    except ValueError:
+        raise click.BadParameter(f"give a positive number of rows, auto or all, not {value!r}") from None
+    if rows < 1:
+        raise click.BadParameter(f"give a positive number of rows, auto or all, not {value!r}")
+    return rows
 
 
 @main.command(cls=_Command)
@@ -98,8 +123,10 @@ def _method_options(f):
                           "original targets."),
         click.option("--reweight/--no-reweight", default=None,
                      help="Refit consumers by least squares [default: on; off for coreset without --calib]."),
-        click.option("--ridge", type=float, default=DEFAULT_RIDGE, show_default=True,
-                     help="Relative ridge of the refit."),
+        click.option("--ridge", default="auto", show_default=True, callback=_ridge, metavar="R|auto",
+                     help="Ridge of the refit toward the layer's own weights, relative to the mean diagonal of its "
+                          "Gram; auto: chosen per layer by generalized cross-validation (only where a layer has "
+                          "fewer than 32 calibration rows per input feature; else 1e-6)."),
         click.option("--refit", type=click.Choice(["consumers", "all"]), default=None,
                      help="seq/asym: refit only the consumers of pruned groups, or also every other "
                           "Conv/Gemm/MatMul whose input drifted, to the original layer's output [default: all "
@@ -155,9 +182,10 @@ def _data_options(f):
         click.option("--ray-address", metavar="ADDR", help="Capture on the existing Ray cluster at ADDR."),
         click.option("--stats-dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                      help="Precision of each batch's Gram products (the sums across batches are float64)."),
-        click.option("--max-rows", type=int, metavar="N",
+        click.option("--max-rows", default="auto", show_default=True, callback=_row_limit, metavar="N|auto|all",
                      help="Use at most N rows (output positions / tokens) of each layer per batch, drawn at random "
-                          "(seeded) and weighted to stay unbiased [all]."),
+                          "(seeded) and weighted to stay unbiased; auto: max(4096, 16 x the layer's input "
+                          "features), so only layers with far more rows than features are sub-sampled."),
         click.option("--row-mask", metavar="INPUT",
                      help="Model input marking real tokens (1) and padding (0): padding rows are left out of the "
                           "statistics of token-wise (Gemm/MatMul) consumers and of the output comparison "

@@ -13,7 +13,6 @@ from ..capture.stats import DTYPES, StatsSettings
 from ..errors import OnnxPruneError
 from ..methods import METHODS, Method, get as get_method
 from ..methods.importance import DRAWS
-from ..solve.reweight import DEFAULT_RIDGE
 from .metrics import METRICS
 
 MODES = ("layer", "seq", "asym")
@@ -33,10 +32,11 @@ class PruneOptions:
     batch_size: int = 32
     calib_random: int | None = None
     device: str = "auto"
-    ridge: float = DEFAULT_RIDGE
+    ridge: float | str = "auto"         # relative ridge of every refit, or "auto" (solve/ridge.py)
     row_mask: str | bool | None = None  # input marking real tokens (1) / padding (0); None: automatic, False: off
     stats_dtype: str = "float32"        # precision of each batch's Gram products (sums are float64)
-    max_rows: int | None = None         # rows per layer and batch kept for the statistics (None: all)
+    max_rows: int | str | None = "auto"     # rows per layer and batch kept for the statistics (None: all;
+                                            # "auto": StatsSettings.row_limit)
     allocation: str = "uniform"
     target: str = "params"
     min_channels: int = 1
@@ -103,10 +103,10 @@ class PruneOptions:
             raise OnnxPruneError(f"--batch-size must be positive, got {self.batch_size}")
         if self.stats_dtype not in DTYPES:
             raise OnnxPruneError(f"unknown stats dtype {self.stats_dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise OnnxPruneError(f"--max-rows must be positive, got {self.max_rows}")
-        if self.ridge < 0:
-            raise OnnxPruneError(f"--ridge must be >= 0, got {self.ridge}")
+        if self.max_rows not in (None, "auto") and not (isinstance(self.max_rows, int) and self.max_rows >= 1):
+            raise OnnxPruneError(f"--max-rows must be a positive count, 'auto' or None (all), got {self.max_rows!r}")
+        if self.ridge != "auto" and not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):
+            raise OnnxPruneError(f"--ridge must be a number >= 0 or 'auto', got {self.ridge!r}")
         if self.min_channels < 1 or self.round_to < 1:
             raise OnnxPruneError(f"--min-channels and --round-to must be >= 1, got {self.min_channels} and "
                                  f"{self.round_to}")

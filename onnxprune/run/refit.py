@@ -26,7 +26,7 @@ from ..graph.roles import Refusal, is_matmul_like, refit_layer
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
 from ..solve.refit import whole_problem
-from ..solve.reweight import least_squares
+from ..solve.reweight import least_squares, resolve_ridge
 
 REFITS = ("consumers", "all")
 
@@ -150,7 +150,8 @@ def refit_layers(pruner, current, step: LayerStep):
         problem = whole_problem(stats.gram, stats.h[:, col - width:col], energy, w0, xp)
         fold = _batchnorm_mean(idx, c, w0.shape[1])
         has_bias = c.bias is not None or c.bias_node is not None or fold is not None
-        new = least_squares(problem, [], pruner.opts.ridge, xp, w0=w0, intercept=has_bias)
+        ridge = resolve_ridge(problem, [], pruner.opts.ridge, xp, w0=w0, intercept=has_bias)
+        new = least_squares(problem, [], ridge, xp, w0=w0, intercept=has_bias)
         before = problem.error([], xp.asarray(w0), xp)
         after = problem.error([], xp.asarray(new), xp)
         if fold is not None:
@@ -158,7 +159,7 @@ def refit_layers(pruner, current, step: LayerStep):
         updates.append(consumer_update(idx, c, new))
         entries.append({"node": c.node, "rel_error_before": before / energy if energy > 0 else 0.0,
                         "rel_error_after": after / energy if energy > 0 else 0.0,
-                        "rows": int(stats.rows), "features": int(stats.features)})
+                        "rows": int(stats.rows), "features": int(stats.features), "ridge": ridge})
     t = pruner.clock.add("reweight", t)
     stub = SimpleNamespace(channels=0, sources=(), sites=(), producers=(), attr_sites=(),
                            consumers=tuple(step.layers))

@@ -23,7 +23,7 @@ from ..methods.weight_norm import weight_norms
 from ..rewrite.apply import apply_group
 from ..rewrite.weights import consumer_matrix, consumer_update
 from ..solve.problem import ChannelView, Problem, original_rows
-from ..solve.reweight import least_squares
+from ..solve.reweight import least_squares, resolve_ridge
 from .clock import Clock
 from .layercache import LayerCache
 from .refit import GroupStep, plan_steps, refit_layers
@@ -34,9 +34,6 @@ from .surgery import surgery_check
 from .verify import check, drift_warning, output_fidelity
 
 VERIFY_SAMPLES = 256
-# The consumers' refit: plain ridge toward zero (False) or toward their current weights
-# (True, as the --refit all layers); docs/RESULTS.md "Refit every layer" has the measurement.
-CONSUMERS_TOWARD_W0 = False
 
 
 def data_free_note(method: str) -> str:
@@ -169,7 +166,7 @@ class GroupPruner:
         sel = self.method.select(k, self._context(g, k, idx, parts, observers, has_data))
         sel = self._cover_pieces(g, sel, parts)
         t = self.clock.add("select", t)
-        updates, err, energy = [], 0.0, 0.0
+        updates, err, energy, ridges = [], 0.0, 0.0, {}
         for part in parts:
             matrix, view, problem = part.matrix, part.view, part.problem
             if sel.scales is not None and not opts.reweight:
@@ -178,8 +175,9 @@ class GroupPruner:
                 if not opts.reweight:
                     canonical = matrix[view.order][problem.rows(sel.kept)]
                 else:
-                    w0 = problem.weight[xp.asarray(problem.rows(sel.kept))] if CONSUMERS_TOWARD_W0 else None
-                    canonical = least_squares(problem, sel.kept, opts.ridge, xp, w0=w0)
+                    w0 = problem.weight[xp.asarray(problem.rows(sel.kept))]    # the ridge pulls toward them
+                    ridges[part.consumer.node] = resolve_ridge(problem, sel.kept, opts.ridge, xp, w0=w0)
+                    canonical = least_squares(problem, sel.kept, ridges[part.consumer.node], xp, w0=w0)
                 err += problem.error(sel.kept, xp.asarray(canonical), xp)
                 energy += problem.target
                 rows = view.order[problem.rows(sel.kept)]
@@ -196,6 +194,8 @@ class GroupPruner:
                                     [c.node for c in g.consumers]))
         if sel.search is not None:
             report["search"] = sel.search
+        if ridges:
+            report["ridge"] = ridges
         return pruned, report
 
     def _cover_pieces(self, g, sel, parts: list):

@@ -37,12 +37,11 @@ def design_rows(x, c: Consumer, xp, dtype):
 def feature_rows(x, c: Consumer, xp, dtype, rows=None) -> tuple:
     """(rows x features without the intercept, whether the array is a fresh copy): im2col
     patches of a Conv, else a reshape (a view of `x` when its dtype is `dtype`). `rows`: only
-    these flat row indices (sample-major); a Conv gathers their patches without building the
-    others (a ConvTranspose builds them all, then selects)."""
+    these flat row indices (sample-major); a Conv or ConvTranspose gathers their patches
+    without building the others."""
     if c.conv is not None:
         if c.conv.transposed:
-            cols = transposed_cols(x, c.conv, xp, dtype)
-            return (cols if rows is None else cols[xp.asarray(rows)]), True
+            return transposed_cols(x, c.conv, xp, dtype, rows=rows), True
         return im2col(x, c.conv, xp, dtype, rows), True
     flat = x.reshape(-1, x.shape[-1])
     if rows is not None:
@@ -163,9 +162,9 @@ def _gather_patches(xt, geometry: ConvGeometry, outs: tuple, rows, xp, dtype):
     return cols
 
 
-def transposed_cols(x, geometry: ConvGeometry, xp, dtype, intercept: bool = False):
+def transposed_cols(x, geometry: ConvGeometry, xp, dtype, intercept: bool = False, rows=None):
     """A ConvTranspose's input as rows (output positions) x (kernel tap, channel) (+ 1 with
-    `intercept`).
+    `intercept`); `rows`: only these flat (sample, output position) rows (no intercept then).
 
     ConvTranspose y[o, p] = sum over (c, q, k) with q*s + k*d - pad_begin = p of
     x[c, q] W[c, o, k] is a stride-1 convolution, dilation d, of x with s - 1 zeros between
@@ -188,7 +187,9 @@ def transposed_cols(x, geometry: ConvGeometry, xp, dtype, intercept: bool = Fals
     crop = tuple(slice(max(-b, 0), size - max(-e, 0)) for b, e, size in zip(begin, end, stuffed.shape[2:]))
     stuffed = stuffed[(slice(None), slice(None)) + crop]
     flat = ConvGeometry(geometry.kernel, (1,) * rank, (0,) * (2 * rank), geometry.dilations)
-    cols = im2col(stuffed, flat, xp, dtype, intercept=intercept)
+    if rows is not None and intercept:
+        raise ValueError("gathered rows carry no intercept column")
+    cols = im2col(stuffed, flat, xp, dtype, rows=rows, intercept=intercept)
     kernel_area = math.prod(geometry.kernel)
     width = kernel_area * channels
     taps = xp.ascontiguousarray(cols[:, :width].reshape(cols.shape[0], kernel_area, channels)[:, ::-1, :])

@@ -48,7 +48,8 @@ def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration)
     if not unknown:
         return []
     try:
-        first, second = (_run(model, index, unknown, feeds) for feeds in _two_feeds(model, calibration))
+        sess = _probe_session(model, index, unknown)      # one copy and one session for both runs
+        first, second = (_run(sess, unknown, feeds) for feeds in _two_feeds(model, calibration))
     except OnnxPruneError as exc:
         return [f"{len(unknown)} tensor shape(s) unknown to static and symbolic inference were not measured: {exc}"]
     found = {}
@@ -83,15 +84,19 @@ def _two_feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
     return first, second
 
 
-def _run(model: onnx.ModelProto, index: GraphIndex, tensors: list, feeds: dict) -> list:
-    """The arrays of `tensors` on one run (None for one that is not a tensor)."""
+def _probe_session(model: onnx.ModelProto, index: GraphIndex, tensors: list):
+    """A CPU session of a copy of `model` that also outputs `tensors`."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
     for name in tensors:
         if name not in declared:
             probe.graph.output.append(typed_info(name, index.elem_types.get(name)))
-    sess = runtime.session(probe, "cpu")
+    return runtime.session(probe, "cpu")
+
+
+def _run(sess, tensors: list, feeds: dict) -> list:
+    """The arrays of `tensors` on one run (None for one that is not a tensor)."""
     try:
         values = runtime.run(sess, feeds, list(tensors))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types

@@ -54,6 +54,24 @@ def test_greedy_and_least_squares_match_numpy(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_ridge_matches_numpy(backend):
+    """--ridge auto's GCV (an eigendecomposition and sums) picks the same ridge on the device."""
+    from test_ridge import _rows
+    from onnxprune.solve.ridge import auto_ridge, gcv_scores
+
+    xp = device_module.resolve(backend).xp
+    x, y, w0 = _rows()
+    xi = np.hstack([x, np.ones((len(x), 1))])
+    args = (xi.T @ xi, xi.T @ y)
+    want = gcv_scores(*args, float(np.sum(y ** 2)), len(x), np, w0=w0)
+    got = gcv_scores(*(xp.asarray(a) for a in args), float(np.sum(y ** 2)), len(x), xp, w0=xp.asarray(w0))
+    # (1e-4: the smallest ridge's score is near interpolation, where eigh's rounding shows)
+    assert set(got) == set(want) and all(got[r] == pytest.approx(want[r], rel=1e-4) for r in want)
+    assert auto_ridge(*(xp.asarray(a) for a in args), float(np.sum(y ** 2)), len(x), xp,
+                      w0=xp.asarray(w0)) == min(got, key=got.get)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["layer", "asym"])
 def test_whole_prune_matches_cpu(backend, mode):
     model = B.cnn()

@@ -39,7 +39,7 @@ SUM_BLOCK = 256         # column sums: float32 over blocks of this many rows, th
 DTYPES = ("float32", "float64")
 # `max_rows="auto"`: a layer keeps max(AUTO_ROWS_FLOOR, AUTO_ROWS_PER_FEATURE x features) rows
 # per batch, so only layers with many more rows than features (a conv on a large feature map)
-# are sub-sampled (docs/RESULTS.md "Row sub-sampling by default").
+# are sub-sampled (docs/RESULTS.md "The ridge by cross-validation, rows sub-sampled by default").
 AUTO_ROWS_FLOOR = 4096
 AUTO_ROWS_PER_FEATURE = 16
 

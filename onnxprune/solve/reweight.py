@@ -22,7 +22,7 @@ def resolve_ridge(problem, kept, ridge, xp, w0=None, intercept: bool = True) -> 
     rows = float(problem.gram[-1, -1])
     if not intercept:
         s = s[:-1]
-        w0 = None if w0 is None else np.asarray(w0)[:-1]
+        w0 = None if w0 is None else w0[:-1]
     return auto_ridge(problem.gram[s][:, s], problem.h[s], problem.target, rows, xp, w0=w0, intercept=intercept)
 
 

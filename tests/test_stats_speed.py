@@ -8,7 +8,8 @@ import builders as B
 from onnxprune import prune
 from onnxprune.capture import stats as stats_module
 from onnxprune.capture.features import im2col
-from onnxprune.capture.stats import GramAccumulator, StatsSettings, shared_accumulators, split_results
+from onnxprune.capture.shared import shared_accumulators, split_results
+from onnxprune.capture.stats import GramAccumulator, StatsSettings
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.groups import ConvGeometry, Consumer
 from onnxprune.graph.layout import Layout, Segment

@@ -28,9 +28,10 @@ from . import runtime
 from ..errors import InternalError
 from ..graph.index import GraphIndex
 from ..io.calib import Calibration
-from .skipdrift import add_step_batch, step_tensors
-from .stats import StatsSettings, shared_accumulators, split_results
-from .stream import Capturer, Stream, submodel
+from .skipdrift import step_tensors
+from .shared import shared_accumulators, split_results, step_targets
+from .stats import StatsSettings
+from .stream import Capturer, Stream, step_pass, submodel
 
 _capture_ids = itertools.count()
 
@@ -101,20 +102,11 @@ class ShardWorker:
         if asym:
             ref = self._stream(streams, "original", types, cacheable)
             ref.prepare(original, tensors, save)
-        targets = {c.node: weights.get(c.node) for c in consumers} if asym else None
+        targets = step_targets(consumers, weights) if asym else None
         shared = shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)
         mine = _spawn(observers)
-        setup, at = time.perf_counter() - start, 0
-        for feeds in self._batches():
-            b_out = cur.run_batch(at, feeds)
-            a_out = ref.run_batch(at, feeds) if ref is not None else {}
-            add_step_batch(shared, targets, b_out, a_out, feeds.get(row_mask), partners)
-            for obs in mine:
-                obs.add(b_out[obs.consumer.input], row_mask=feeds.get(row_mask))
-            at += next(iter(feeds.values())).shape[0]
-        cur.finish()
-        if ref is not None:
-            ref.finish()
+        setup = time.perf_counter() - start
+        step_pass(cur, ref, shared, targets, self._batches(), row_mask, partners, mine)
         return ([acc.partial() for _, acc in shared], mine), (setup, time.perf_counter() - start)
 
     def ready(self):
@@ -217,7 +209,7 @@ class ParallelCapturer(Capturer):
         results = self._map(label, "step_partials", self._cid, self._original, self.cacheable, model,
                             original is not None, list(consumers), dict(weights or {}), set(save),
                             tuple(observers), self.row_mask, self.settings, dict(partners or {}))
-        targets = {c.node: (weights or {}).get(c.node) for c in consumers} if original is not None else None
+        targets = step_targets(consumers, weights) if original is not None else None
         return self._reduce(label, start, results, consumers, targets, observers)
 
     def close(self) -> None:

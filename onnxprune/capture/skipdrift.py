@@ -51,7 +51,7 @@ def batch_drift(group: list, partners: dict, widths: list, original: dict, curre
 
 def add_step_batch(shared: list, targets: dict | None, current: dict, original: dict, row_mask,
                    partners: dict | None) -> None:
-    """Add one batch of a seq/asym step to `shared` (stats.shared_accumulators), the skip
+    """Add one batch of a seq/asym step to `shared` (shared.shared_accumulators), the skip
     drift of `partners` (consumer node -> skip tensor) included in asym mode."""
     for group, acc in shared:
         drift = None

@@ -24,7 +24,7 @@ Speed (docs/RESULTS.md "Statistics speed"):
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -98,45 +98,6 @@ class PartialSums:
 def _host(a):
     """A NumPy copy of a NumPy or CuPy array (None and scalars pass through)."""
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
-
-
-def design_key(c: Consumer) -> tuple:
-    """Consumers with equal keys lay the same input out as the same rows x features."""
-    return (c.input, c.conv is not None, c.conv, c.trans_a, c.layout.axis, c.kernel_area)
-
-
-def shared_accumulators(consumers: list, xp, targets: dict | None, settings=None, first_batch: int = 0) -> list:
-    """[(consumers, accumulator)]: one accumulator (one Gram) per distinct design_key; asym
-    (`targets`: consumer node -> original matrix) stacks the consumers' target columns.
-    `first_batch`: the calibration index of the first batch these accumulators will see."""
-    by_key: dict = {}
-    for c in consumers:
-        by_key.setdefault(design_key(c), []).append(c)
-    out = []
-    for group in by_key.values():
-        weight = None if targets is None else np.hstack([np.asarray(targets[c.node]) for c in group])
-        acc = GramAccumulator(group[0], xp, asym=targets is not None, weight=weight, settings=settings,
-                              first_batch=first_batch)
-        out.append((group, acc))
-    return out
-
-
-def split_results(shared: list, consumers: list, targets: dict | None) -> list:
-    """Each consumer's ConsumerStats, in `consumers` order, from shared_accumulators' sums."""
-    by_node = {}
-    for group, acc in shared:
-        stats, col = acc.result(), 0
-        for c in group:
-            if targets is None:
-                by_node[c.node] = replace(stats, consumer=c)
-                continue
-            width = np.asarray(targets[c.node]).shape[1]
-            cols = slice(col, col + width)
-            col += width
-            column = stats.column_target[cols]
-            by_node[c.node] = replace(stats, consumer=c, h=stats.h[:, cols], column_target=column,
-                                      target=float(acc.xp.sum(column)))
-    return [by_node[c.node] for c in consumers]
 
 
 class GramAccumulator:

@@ -17,7 +17,8 @@ from ..io.calib import Calibration
 from ..graph.index import GraphIndex
 from .prefix import TensorStore, frontier, region_model, samples_on_axis0
 from .skipdrift import add_step_batch, step_tensors
-from .stats import StatsSettings, shared_accumulators, split_results
+from .shared import shared_accumulators, split_results, step_targets
+from .stats import StatsSettings
 
 Progress = Callable[[str, int, int], None]
 
@@ -93,6 +94,24 @@ class Stream:
         self.store.close()
 
 
+def step_pass(cur: Stream, ref: Stream | None, shared: list, targets: dict | None, batches, row_mask: str | None,
+              partners: dict | None, observers) -> None:
+    """Run the batches of one seq/asym step through the prepared streams (`ref`: the original
+    model's, asym only) into `shared` (shared.shared_accumulators) and the observers; the one
+    loop of a step, in this process (Capturer) and on a capture worker (parallel.ShardWorker)."""
+    start = 0
+    for feeds in batches:
+        b_out = cur.run_batch(start, feeds)
+        a_out = ref.run_batch(start, feeds) if ref is not None else {}
+        add_step_batch(shared, targets, b_out, a_out, feeds.get(row_mask), partners)
+        for obs in observers:
+            obs.add(b_out[obs.consumer.input], row_mask=feeds.get(row_mask))
+        start += next(iter(feeds.values())).shape[0]
+    cur.finish()
+    if ref is not None:
+        ref.finish()
+
+
 class Capturer:
     """Streams calibration batches through models and accumulates consumer statistics."""
 
@@ -156,19 +175,9 @@ class Capturer:
         if original is not None:
             ref = self._stream("original")
             ref.prepare(original, tensors, save)
-        targets = {c.node: (weights or {}).get(c.node) for c in consumers} if ref is not None else None
+        targets = step_targets(consumers, weights) if ref is not None else None
         shared = shared_accumulators(consumers, self.xp, targets, self.settings)
-        start = 0
-        for feeds in self._batches(label):
-            b_out = cur.run_batch(start, feeds)
-            a_out = ref.run_batch(start, feeds) if ref is not None else {}
-            add_step_batch(shared, targets, b_out, a_out, feeds.get(self.row_mask), partners)
-            for obs in observers:
-                obs.add(b_out[obs.consumer.input], row_mask=feeds.get(self.row_mask))
-            start += next(iter(feeds.values())).shape[0]
-        cur.finish()
-        if ref is not None:
-            ref.finish()
+        step_pass(cur, ref, shared, targets, self._batches(label), self.row_mask, partners, observers)
         return split_results(shared, consumers, targets)
 
     def close(self) -> None:

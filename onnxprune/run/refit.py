@@ -20,7 +20,7 @@ import numpy as np
 
 from onnx import numpy_helper
 
-from ..capture.stats import design_key
+from ..capture.shared import design_key
 from ..graph.index import GraphIndex
 from ..graph.roles import Refusal, is_matmul_like, refit_layer
 from ..rewrite.apply import apply_group

@@ -26,10 +26,10 @@ def make_problem(b, w, block=1, a=None):
     consumer = Consumer(node="c", op="MatMul", input="x", weight="w", weight_axis=0, layout=layout)
     bb = augmented(b)
     aa = augmented(a) if a is not None else None
-    stats = ConsumerStats(consumer, gram=bb.T @ bb, cross=None if aa is None else bb.T @ aa,
+    stats = ConsumerStats(consumer, gram=bb.T @ bb, h=None if aa is None else bb.T @ (aa @ w),
                           target=None if aa is None else float(np.sum((aa @ w) ** 2)), rows=b.shape[0])
     view = ChannelView.of(consumer, {"p"}, channels, Alive())
-    return Problem.build(stats, w, view, np, target_weight=w if a is not None else None)
+    return Problem.build(stats, w, view, np)
 
 
 def correlated_data(rows, channels, block, seed):

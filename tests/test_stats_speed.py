@@ -232,7 +232,7 @@ def test_float32_statistics_select_as_well_as_float64():
     for dtype in ("float32", "float64"):
         batches = [(b[i:i + 500].astype(np.float32), a[i:i + 500].astype(np.float32)) for i in range(0, 2000, 500)]
         stats = accumulate(c, batches, w=w, dtype=dtype)
-        problems[dtype] = Problem.build(stats, w, view, np, target_weight=w)
+        problems[dtype] = Problem.build(stats, w, view, np)
     exact = problems["float64"]
     for k in (3, 6, 9):
         errors = {}

@@ -65,7 +65,6 @@ class ConsumerStats:
 
     consumer: Consumer
     gram: object            # (D, D) = Σ [B 1]ᵀ[B 1], D = features + 1, in weight-row order
-    cross: object | None    # unused by capture (tests may give Σ [B 1]ᵀ[A 1] instead of h)
     target: float | None    # Σ ||[A 1] W_A||²           (asym only)
     rows: int
     masked: bool = False    # padding rows were dropped (--row-mask)
@@ -325,7 +324,6 @@ class GramAccumulator:
         return ConsumerStats(
             consumer=self.consumer,
             gram=gram,
-            cross=None,
             target=float(xp.sum(self.column_target)) if self.asym else None,
             rows=self.rows,
             masked=self.masked,

@@ -31,7 +31,6 @@ class ConsumerPart:
     view: object                     # solve.problem.ChannelView of the group's channels
     problem: object | None = None    # solve.problem.Problem (least squares on the captured statistics)
     keep_rows: np.ndarray | None = None     # layer mode: rows of the original statistics still present
-    target_weight: np.ndarray | None = None  # asym mode: the original consumer matrix
 
     def dense_rows(self):
         return self.view.dense_rows(self.matrix)

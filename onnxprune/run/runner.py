@@ -236,18 +236,16 @@ class GroupPruner:
             for p in parts:
                 p.keep_rows = original_rows(p.consumer, self.alive)
         else:
-            if opts.mode == "asym":
-                for p in parts:
-                    p.target_weight = self._target_weight(p.consumer)
             original = self.original if opts.mode == "asym" else None
+            targets = {c.node: self._target_weight(c) for c in g.consumers} if original is not None else {}
             stats = self.capturer.step_stats(current, list(g.consumers), f"capture {g.name}", original,
-                                             {p.consumer.node: p.target_weight for p in parts}, observers,
+                                             targets, observers,
                                              self.partners(g.consumers) if original is not None else None)
         self.clock.add("capture", t)
         self.masked.update(s.consumer.node for s in stats if s.masked)
         self.captured.update(s.consumer.node for s in stats)
         for p, s in zip(parts, stats):
-            p.problem = Problem.build(s, p.matrix, p.view, xp, keep_rows=p.keep_rows, target_weight=p.target_weight)
+            p.problem = Problem.build(s, p.matrix, p.view, xp, keep_rows=p.keep_rows)
         return True
 
     def partners(self, consumers) -> dict:

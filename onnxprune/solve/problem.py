@@ -88,22 +88,19 @@ class Problem:
 
     @classmethod
     def build(cls, stats: ConsumerStats, weight: np.ndarray, view: ChannelView, xp,
-              keep_rows: np.ndarray | None = None, target_weight: np.ndarray | None = None) -> "Problem":
+              keep_rows: np.ndarray | None = None) -> "Problem":
         """Canonical problem from statistics of the consumer's input.
 
         `keep_rows` restricts statistics taken on the original model to the rows still present;
-        `target_weight` (asym) is the original consumer matrix the cross statistics target (capture
-        gives H = G_BA W directly in `stats.h`; a `stats.cross` is multiplied out here)."""
-        gram, cross, h = stats.gram, stats.cross, stats.h
+        asym statistics carry H = G_BA W_A against the original consumer matrix in `stats.h`."""
+        gram, h = stats.gram, stats.h
         if keep_rows is not None:
             k = xp.asarray(keep_rows)
             gram = gram[k][:, k]
-            cross = cross[k][:, k] if cross is not None else None
             h = h[k] if h is not None else None
         order = xp.asarray(view.order)
         w = xp.asarray(weight, dtype=xp.float64)
-        if h is not None or cross is not None:
-            h = h if h is not None else cross @ xp.asarray(target_weight, dtype=xp.float64)
+        if h is not None:
             target = float(stats.target)
         else:
             h = gram @ w

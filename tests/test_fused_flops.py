@@ -73,3 +73,38 @@ def test_target_flops_is_met_on_fused_ops(name):
     pruned, report = prune(model, F.inputs(model, 24, 1, seq=S), compression=1.3, target="flops")
     assert report.flops_before / report.flops_after >= 1.3 * 0.99
     assert np.isfinite(report.flops_after)
+
+
+def _fixture(name):
+    from pathlib import Path
+    from onnxprune.io.modelio import load_model
+    here = Path(__file__).parent / "fixtures" / "transformers"
+    calib = dict(np.load(here / "gpt2_tiny_calib.npz"))
+    return load_model(str(here / f"{name}.onnx")), {k: calib[k] for k in ("input_ids", "attention_mask")}
+
+
+def test_measured_sequence_dims_count_flops_as_the_unfused_graph():
+    """gpt2_tiny_fused's attention shapes after the mask Where are known only by measuring
+    them (a dynamic dim); counted at the calibration sample's length (the first of the two
+    measuring runs is one whole sample), its FLOPs before and after pruning equal those of the
+    unfused export of the same network, which static inference counts, and the target is met."""
+    reports = {}
+    for name in ("gpt2_tiny", "gpt2_tiny_fused"):
+        model, data = _fixture(name)
+        _, reports[name] = prune(model, data, compression=2.0, target="flops", reweight=False)
+    fused, plain = reports["gpt2_tiny_fused"], reports["gpt2_tiny"]
+    assert fused.flops_before == plain.flops_before and fused.flops_after == plain.flops_after
+    assert fused.flops_before / fused.flops_after >= 2.0 * 0.99
+
+
+def test_measured_shapes_keep_one_samples_dims():
+    model, data = _fixture("gpt2_tiny_fused")
+    session = open_session(model, data, PruneOptions.of(keep=0.5))
+    dynamic = {n: d for n, d in session.index.model_dims.items() if "measured_dynamic" in d}
+    assert dynamic, "the fixture no longer has a dim that only measuring finds"
+    seq = data["input_ids"].shape[1]
+    for name, dims in dynamic.items():
+        sample = session.index.sample_dims[name]
+        assert len(sample) == len(dims) and sample[0] == 1
+        assert all(s == d for s, d in zip(sample, dims) if isinstance(d, int))
+        assert all(s == seq for s, d in zip(sample[1:], dims[1:]) if d == "measured_dynamic")

@@ -12,7 +12,7 @@ import math
 
 import onnx
 
-from ..graph.index import GraphIndex, attr
+from ..graph.index import MEASURED_DYNAMIC, GraphIndex, attr
 from .attnflops import attention_macs, is_attention, projection_macs
 
 
@@ -112,14 +112,17 @@ def _symbol_values(model: onnx.ModelProto, sample_dims: dict) -> dict:
 
 
 def _fill_from(static: GraphIndex, known: GraphIndex, values: dict) -> None:
-    """Shapes `static` lacks, from `known`'s dims with the sample sizes put in for symbols; the
-    first (batch) dim may stay symbolic, a symbol without a sample size leaves the shape unknown."""
+    """Shapes `static` lacks, from `known`'s dims with the sample sizes put in for symbols and
+    for dims measured as dynamic (their size on one calibration sample); the first (batch) dim
+    may stay symbolic, a dim without a sample size leaves the shape unknown."""
     found = {}
     for name, dims in known.model_dims.items():
         if static.dims(name, batch=1) is not None or not dims:
             continue
+        sample = known.sample_dims.get(name)
         new = [dims[0] if isinstance(dims[0], int) else None]
-        new += [d if isinstance(d, int) else values.get(d) for d in dims[1:]]
+        new += [d if isinstance(d, int) else sample[i] if d == MEASURED_DYNAMIC and sample else values.get(d)
+                for i, d in enumerate(dims[1:], 1)]
         if all(d is not None for d in new[1:]):
             found[name] = (known.elem_types.get(name), tuple(new))
     for name, (elem, dims) in found.items():

@@ -4,9 +4,11 @@
    follows shape arithmetic further); no data needed.
 2. Shapes measured by running the model on calibration data (only when some is given): every
    still-unknown tensor is made a model output and read on two runs that differ in batch size
-   (2 samples, then 1) and in every dynamic non-batch input axis (full, then cut to half its
+   (1 sample, then 2) and in every dynamic non-batch input axis (full, then cut to half its
    length). A dim equal in both runs is taken as fixed, one that differs as dynamic; a
-   tensor whose rank differs between the runs stays unknown.
+   tensor whose rank differs between the runs stays unknown. The first run's dims are kept
+   too (GraphIndex.sample_dims): they are a calibration sample's, which is what FLOPs need
+   (budget/flops.py counts attention over the calibration's sequence length).
 
 Either only fills what is unknown (GraphIndex.fill_shapes), never overrides static shapes,
 and records where each filled shape came from (GraphIndex.shape_sources) for the report.
@@ -18,7 +20,7 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxPruneError
-from ..graph.index import GraphIndex
+from ..graph.index import MEASURED_DYNAMIC, GraphIndex
 from ..io.calib import Calibration, fixed_batch, input_specs
 from . import runtime
 from .prefix import typed_info
@@ -55,7 +57,9 @@ def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration)
     found = {}
     for name, a, b in zip(unknown, first, second):
         if a is not None and b is not None and a.ndim == b.ndim:
-            found[name] = (helper.np_dtype_to_tensor_dtype(a.dtype), tuple(int(x) if x == y else "measured_dynamic" for x, y in zip(a.shape, b.shape)))
+            found[name] = (helper.np_dtype_to_tensor_dtype(a.dtype),
+                           tuple(int(x) if x == y else MEASURED_DYNAMIC for x, y in zip(a.shape, b.shape)))
+            index.sample_dims[name] = tuple(int(x) for x in a.shape)
     filled = index.fill_shapes(found, "measured")
     return [_filled_note(filled, "were measured on two calibration runs")] if filled else []
 
@@ -66,11 +70,11 @@ def _filled_note(filled: list, how: str) -> str:
 
 
 def _two_feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
-    """Feeds of the two runs: (2 samples, full length), (1 other sample, dynamic non-batch
+    """Feeds of the two runs: (1 sample, full length), (2 other samples, dynamic non-batch
     axes cut to half); a model with a fixed batch uses it in both runs."""
     specs = input_specs(model)
     batch = fixed_batch(specs)
-    first_n, second_n = (batch, batch) if batch else (2, 1)
+    first_n, second_n = (batch, batch) if batch else (1, 2)
     if calibration.samples < first_n + second_n:
         raise OnnxPruneError(f"it needs {first_n + second_n} calibration samples, there are {calibration.samples}")
     dynamic = {s.name: [a for a, d in enumerate(s.dims) if a > 0 and d is None] for s in specs}

@@ -52,10 +52,14 @@ def _value_info_dims(value_info: onnx.ValueInfoProto) -> tuple | None:
     return tuple(static_dim(d) for d in t.tensor_type.shape.dim)
 
 
+# A dim capture/shapes.py measured with two sizes on its two runs (a sequence length).
+MEASURED_DYNAMIC = "measured_dynamic"
+
+
 def _named(dims) -> list:
     """Dims for a value_info: ints and real symbols; an unknown or merely measured-as-dynamic
-    dim (capture/shapes.py's 'measured_dynamic') has no name, so no two of them are equated."""
-    return [None if unknown_dim(d) or d == "measured_dynamic" else d for d in dims]
+    dim has no name, so no two of them are equated."""
+    return [None if unknown_dim(d) or d == MEASURED_DYNAMIC else d for d in dims]
 
 
 def _symbolic_dims(value_info: onnx.ValueInfoProto) -> tuple:
@@ -79,6 +83,7 @@ class GraphIndex:
     model_dims: dict = field(default_factory=dict)     # tensor -> dims with symbolic names kept
     folded: dict = field(default_factory=dict)         # small tensors computed from constants only
     shape_sources: dict = field(default_factory=dict)  # tensor -> 'symbolic' | 'measured' (fallbacks only)
+    sample_dims: dict = field(default_factory=dict)    # measured tensor -> its dims on one calibration sample
     _arrays: dict = field(default_factory=dict)
 
     @classmethod

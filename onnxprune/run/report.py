@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..version import __version__
 from ..budget.flops import flops_for_samples
-from ..capture.shapes import infer_symbolic
+from ..capture.shapes import infer_symbolic, measure
 from ..graph.index import GraphIndex, float_param_count
 from .rowmask import report_fields as row_mask_fields, report_notes as row_mask_notes
 
@@ -102,21 +102,25 @@ def build_report(session, opts, pruned, groups: list, verify: dict, seconds: dic
         budget=budget,
         params_before=float_param_count(session.model), params_after=float_param_count(pruned),
         flops_before=flops_for_samples(session.model, session.index, session.sample_dims),
-        flops_after=pruned_flops(pruned, session.sample_dims),
+        flops_after=pruned_flops(pruned, session.sample_dims, calib),
         groups=groups, skipped=[s.to_dict() for s in session.analysis.skipped], verify=verify,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         tool={"name": "onnxprune", "version": __version__}, notes=notes, refits=refits,
     )
 
 
-def pruned_flops(pruned, sample_dims) -> int | None:
-    """The pruned model's FLOPs; where ONNX shape inference stops (com.microsoft ops), with the
-    shapes of onnxruntime's symbolic inference, as the session had them for the original."""
+def pruned_flops(pruned, sample_dims, calibration=None) -> int | None:
+    """The pruned model's FLOPs; where ONNX shape inference stops (com.microsoft ops, shapes
+    computed at run time), with the shapes of onnxruntime's symbolic inference and then those
+    measured on the calibration samples, as the session had them for the original."""
     flops = flops_for_samples(pruned, None, sample_dims)
     if flops is None:
         index = GraphIndex.build(pruned)
         if index.unknown_shapes():
             infer_symbolic(pruned, index)
+            flops = flops_for_samples(pruned, index, sample_dims)
+        if flops is None and calibration is not None and index.unknown_shapes():
+            measure(pruned, index, calibration)
             flops = flops_for_samples(pruned, index, sample_dims)
     return flops
 

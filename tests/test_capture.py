@@ -9,7 +9,7 @@ from onnxprune.capture import stats as stats_module
 from onnxprune.capture.stream import Capturer
 from onnxprune.graph.groups import Consumer
 from onnxprune.graph.layout import Layout, Segment
-from onnxprune.capture.prefix import TensorStore, samples_on_axis0
+from onnxprune.capture.prefix import CachePlan, TensorStore, cache_plan, samples_on_axis0
 from onnxprune.capture.stats import GramAccumulator
 
 
@@ -23,12 +23,55 @@ def test_incremental_capture_equals_capture_from_the_inputs(monkeypatch, build, 
     model = build()
     data = B.random_inputs(model, 40)
     fast, fast_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
-    monkeypatch.setattr(Capturer, "_frontiers_are_samples_on_axis0", lambda self, original: False)
+    monkeypatch.setattr(Capturer, "_probe_frontiers", lambda self, original: CachePlan(False))
     slow, slow_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
     assert [g["kept"] for g in fast_report.groups] == [g["kept"] for g in slow_report.groups]
     w_fast, w_slow = weights(fast), weights(slow)
     for name in w_slow:
         np.testing.assert_allclose(w_fast[name], w_slow[name], rtol=1e-5, atol=1e-6)
+
+
+def _mlp_reading_its_input_shape_at_the_end():
+    """B.mlp whose output is reshaped to Shape(x)[0] x 4 at the end: the Shape of the input
+    (int64 [2], holding the batch size) is read after every group, so it is on every frontier."""
+    b = B.GraphBuilder(0)
+    x = b.input("x", ["N", 12])
+    shape = b.node("Shape", [x])
+    batch = b.node("Gather", [shape, b.const(np.array([0], dtype=np.int64), "i")], axis=0)
+    h = b.relu(b.gemm(x, 12, 16, name="fc1"))
+    h = b.relu(b.gemm(h, 16, 10, name="fc2"))
+    y = b.gemm(h, 10, 4, name="fc3")
+    b.output(b.node("Reshape", [y, b.node("Concat", [batch, b.const(np.array([4], dtype=np.int64), "s")], axis=0)]))
+    return b.model()
+
+
+@pytest.mark.parametrize("mode", ["seq", "asym"])
+def test_small_frontier_tensors_that_are_not_sample_major_are_kept_per_batch(monkeypatch, mode):
+    """Before, such a tensor switched caching off, and every step re-ran the model from its
+    inputs (a ViT-S whose decoder reads the image size: step time grew with depth)."""
+    model, plans = _mlp_reading_its_input_shape_at_the_end(), []
+    data = B.random_inputs(model, 40)
+    probe = Capturer._probe_frontiers
+    monkeypatch.setattr(Capturer, "_probe_frontiers", lambda self, original: plans.append(probe(self, original)) or plans[-1])
+    fast, fast_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
+    assert plans[0].enabled and len(plans[0].per_batch) == 1
+    monkeypatch.setattr(Capturer, "_probe_frontiers", lambda self, original: CachePlan(False))
+    slow, slow_report = prune(model, data, keep=0.5, mode=mode, batch_size=16)
+    assert [g["kept"] for g in fast_report.groups] == [g["kept"] for g in slow_report.groups]
+    w_fast, w_slow = weights(fast), weights(slow)
+    for name in w_slow:
+        np.testing.assert_allclose(w_fast[name], w_slow[name], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_plan_refuses_what_grows_with_the_batch_off_axis0():
+    rng = np.random.default_rng(0)
+    tokens_first = rng.standard_normal((5, 2, 3))          # [T, N, H]: not small-and-fixed either
+    assert not cache_plan({"t": tokens_first[:, :1]}, {"t": tokens_first}).enabled
+    shape_one, shape_two = np.array([1, 12]), np.array([2, 12])
+    plan = cache_plan({"s": shape_one, "x": np.ones((1, 3))}, {"s": shape_two, "x": np.ones((2, 3))})
+    assert plan.enabled and plan.per_batch == {"s"}
+    big = np.zeros(70000)
+    assert not cache_plan({"b": big}, {"b": big + 1}).enabled
 
 
 def test_samples_on_axis0_probe_rejects_batch_on_another_axis():

@@ -30,6 +30,7 @@ from ..graph.index import GraphIndex
 from ..io.calib import Calibration
 from .skipdrift import step_tensors
 from .shared import shared_accumulators, split_results, step_targets
+from .prefix import CachePlan
 from .stats import StatsSettings
 from .stream import Capturer, Stream, step_pass, submodel
 
@@ -83,7 +84,7 @@ class ShardWorker:
                 acc.add(out[acc.consumer.input], row_mask=feeds.get(row_mask))
         return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
 
-    def step_partials(self, cid: int, original_bytes: bytes, cacheable: bool, current_bytes: bytes, asym: bool,
+    def step_partials(self, cid: int, original_bytes: bytes, cache: CachePlan, current_bytes: bytes, asym: bool,
                       consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None,
                       settings: StatsSettings, partners: dict | None = None):
         """Partial statistics of one seq/asym step of capture `cid` on this worker's samples
@@ -93,14 +94,14 @@ class ShardWorker:
         start = time.perf_counter()
         if cid not in self._captures:
             original = onnx.load_from_string(original_bytes)
-            self._captures[cid] = (original, GraphIndex.build(original), {}, cacheable)
-        original, types, streams, cacheable = self._captures[cid]
+            self._captures[cid] = (original, GraphIndex.build(original), {}, cache)
+        original, types, streams, cache = self._captures[cid]
         tensors = step_tensors(consumers, partners if asym else None)
-        cur = self._stream(streams, "current", types, cacheable)
+        cur = self._stream(streams, "current", types, cache)
         cur.prepare(onnx.load_from_string(current_bytes), tensors, save)
         ref = None
         if asym:
-            ref = self._stream(streams, "original", types, cacheable)
+            ref = self._stream(streams, "original", types, cache)
             ref.prepare(original, tensors, save)
         targets = step_targets(consumers, weights) if asym else None
         shared = shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)
@@ -119,9 +120,9 @@ class ShardWorker:
                 s.close()
         return None, (0.0, 0.0)
 
-    def _stream(self, streams: dict, key: str, types: GraphIndex, cacheable: bool) -> Stream:
+    def _stream(self, streams: dict, key: str, types: GraphIndex, cache: CachePlan) -> Stream:
         if key not in streams:
-            streams[key] = Stream(types, self.calib, self.device, cacheable, self.threads)
+            streams[key] = Stream(types, self.calib, self.device, cache, self.threads)
         return streams[key]
 
     def _batches(self):
@@ -206,7 +207,7 @@ class ParallelCapturer(Capturer):
         save = self.frontiers[self.step]
         self.step += 1
         model = self.pool.put(current.SerializeToString())        # once per step, for every worker
-        results = self._map(label, "step_partials", self._cid, self._original, self.cacheable, model,
+        results = self._map(label, "step_partials", self._cid, self._original, self.cache, model,
                             original is not None, list(consumers), dict(weights or {}), set(save),
                             tuple(observers), self.row_mask, self.settings, dict(partners or {}))
         targets = step_targets(consumers, weights) if original is not None else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -37,6 +38,34 @@ def frontier(idx: GraphIndex, boundary: str) -> set:
     return out
 
 
+# A frontier tensor that does not hold the samples on axis 0 and does not grow with the batch
+# (a shape vector, a size read off the input) is kept per batch, in memory, up to this size.
+SMALL_TENSOR = 65536
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Whether Streams keep frontiers between steps, and which frontier tensors they keep per
+    batch (the same batches run at every step) instead of by sample range."""
+
+    enabled: bool
+    per_batch: frozenset = frozenset()
+
+
+def cache_plan(one: dict, two: dict) -> CachePlan:
+    """The plan for frontier tensors computed on 1 and 2 samples (see samples_on_axis0): every
+    tensor must hold the samples on axis 0, or be small and the same size for both."""
+    per_batch = set()
+    for name, a in one.items():
+        b = two[name]
+        if samples_on_axis0({name: a}, {name: b}):
+            continue
+        if a.size != b.size or a.size > SMALL_TENSOR:
+            return CachePlan(False)
+        per_batch.add(name)
+    return CachePlan(True, frozenset(per_batch))
+
+
 def samples_on_axis0(one: dict, two: dict) -> bool:
     """Whether tensors computed for 1 and 2 samples hold the samples on axis 0.
 
@@ -57,13 +86,27 @@ def samples_on_axis0(one: dict, two: dict) -> bool:
 
 
 class TensorStore:
-    """Sample-major arrays on disk, appended batch by batch and read back by sample range."""
+    """Sample-major arrays on disk, appended batch by batch and read back by sample range; and
+    small arrays kept per batch in memory (`put`/`get`, keyed by the batch's first sample)."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="onnxprune-")
         self.meta = {}        # name -> (dtype, per-sample shape, file path)
+        self.batched = {}     # name -> {first sample of a batch: array}
         self._files = {}
         self._count = 0
+
+    def put(self, name: str, start: int, value: np.ndarray) -> None:
+        self.batched.setdefault(name, {})[start] = np.array(value)
+
+    def get(self, name: str, start: int) -> np.ndarray:
+        return self.batched[name][start]
+
+    def dtypes(self) -> dict:
+        """name -> dtype of everything stored."""
+        out = {name: meta[0] for name, meta in self.meta.items()}
+        out.update((name, next(iter(v.values())).dtype) for name, v in self.batched.items() if v)
+        return out
 
     def append(self, name: str, batch: np.ndarray) -> None:
         if name not in self.meta:
@@ -90,6 +133,9 @@ class TensorStore:
         for name in list(self.meta):
             if name not in names:
                 os.unlink(self.meta.pop(name)[2])
+        for name in list(self.batched):
+            if name not in names:
+                del self.batched[name]
 
     def close(self) -> None:
         self.seal()

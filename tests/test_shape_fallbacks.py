@@ -201,3 +201,24 @@ def test_filled_shapes_do_not_propagate_in_a_graph_of_standard_ops_only():
     assert {"y", "z"} <= set(idx.unknown_shapes())
     assert idx.fill_shapes({"y": (TensorProto.FLOAT, ("N", 4))}, "symbolic") == ["y"]
     assert "z" in idx.unknown_shapes() and "y" not in idx.unknown_shapes()
+
+
+def test_a_batch_folded_into_another_dim_stays_dynamic_and_gets_one_samples_size():
+    """Reshape [N, T, 4, 4] -> [N*T, 4, 4] after an op no inference knows: the two measuring runs
+    (2 samples x T vs 1 sample x T/2) make N*T dynamic, never a number; the third run, on one
+    whole sample, gives the sizes FLOPs are counted at (T for the folded dim)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Inverse", ["x"], ["g"], domain="com.microsoft", name="custom"),
+             helper.make_node("Reshape", ["g", "shape"], ["f"], name="fold"),
+             helper.make_node("MatMul", ["f", "W"], ["y"], name="mm")]
+    inits = [numpy_helper.from_array(np.array([-1, 4, 4], dtype=np.int64), "shape"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    idx = GraphIndex.build(model)
+    shapes.infer_symbolic(model, idx)
+    shapes.measure(model, idx, Calibration(data(4, seed=1, tokens=6), "test"))
+    assert idx.model_dims["f"] == ("measured_dynamic", 4, 4)
+    assert idx.sample_dims["f"] == (6, 4, 4) and idx.sample_dims["g"] == (1, 6, 4, 4)

@@ -4,11 +4,11 @@
    follows shape arithmetic further); no data needed.
 2. Shapes measured by running the model on calibration data (only when some is given): every
    still-unknown tensor is made a model output and read on two runs that differ in batch size
-   (1 sample, then 2) and in every dynamic non-batch input axis (full, then cut to half its
+   (2 samples, then 1) and in every dynamic non-batch input axis (full, then cut to half its
    length). A dim equal in both runs is taken as fixed, one that differs as dynamic; a
-   tensor whose rank differs between the runs stays unknown. The first run's dims are kept
-   too (GraphIndex.sample_dims): they are a calibration sample's, which is what FLOPs need
-   (budget/flops.py counts attention over the calibration's sequence length).
+   tensor whose rank differs between the runs stays unknown. Where some dim is dynamic, a
+   third run on one whole sample gives that sample's dims (GraphIndex.sample_dims), which is
+   what FLOPs need (budget/flops.py counts attention over the calibration's sequence length).
 
 Either only fills what is unknown (GraphIndex.fill_shapes), never overrides static shapes,
 and records where each filled shape came from (GraphIndex.shape_sources) for the report.
@@ -50,16 +50,21 @@ def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration)
     if not unknown:
         return []
     try:
-        sess = _probe_session(model, index, unknown)      # one copy and one session for both runs
-        first, second = (_run(sess, unknown, feeds) for feeds in _two_feeds(model, calibration))
+        sess = _probe_session(model, index, unknown)      # one copy and one session for every run
+        feeds = _two_feeds(model, calibration)
+        first, second = (_run(sess, unknown, f) for f in feeds)
+        found = {}
+        for name, a, b in zip(unknown, first, second):
+            if a is not None and b is not None and a.ndim == b.ndim:
+                found[name] = (helper.np_dtype_to_tensor_dtype(a.dtype),
+                               tuple(int(x) if x == y else MEASURED_DYNAMIC for x, y in zip(a.shape, b.shape)))
+        dynamic = [name for name, (_, dims) in found.items() if MEASURED_DYNAMIC in dims]
+        if dynamic:
+            one = feeds[0] if fixed_batch(input_specs(model)) else {k: v[:1] for k, v in feeds[0].items()}
+            index.sample_dims.update((name, tuple(int(x) for x in v.shape))
+                                     for name, v in zip(unknown, _run(sess, unknown, one)) if name in dynamic)
     except OnnxPruneError as exc:
         return [f"{len(unknown)} tensor shape(s) unknown to static and symbolic inference were not measured: {exc}"]
-    found = {}
-    for name, a, b in zip(unknown, first, second):
-        if a is not None and b is not None and a.ndim == b.ndim:
-            found[name] = (helper.np_dtype_to_tensor_dtype(a.dtype),
-                           tuple(int(x) if x == y else MEASURED_DYNAMIC for x, y in zip(a.shape, b.shape)))
-            index.sample_dims[name] = tuple(int(x) for x in a.shape)
     filled = index.fill_shapes(found, "measured")
     return [_filled_note(filled, "were measured on two calibration runs")] if filled else []
 
@@ -70,11 +75,12 @@ def _filled_note(filled: list, how: str) -> str:
 
 
 def _two_feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
-    """Feeds of the two runs: (1 sample, full length), (2 other samples, dynamic non-batch
-    axes cut to half); a model with a fixed batch uses it in both runs."""
+    """Feeds of the two runs: (2 samples, full length), (1 other sample, dynamic non-batch
+    axes cut to half: 2L vs L/2, so a batch folded into another dim never looks fixed); a
+    model with a fixed batch uses it in both runs."""
     specs = input_specs(model)
     batch = fixed_batch(specs)
-    first_n, second_n = (batch, batch) if batch else (1, 2)
+    first_n, second_n = (batch, batch) if batch else (2, 1)
     if calibration.samples < first_n + second_n:
         raise OnnxPruneError(f"it needs {first_n + second_n} calibration samples, there are {calibration.samples}")
     dynamic = {s.name: [a for a, d in enumerate(s.dims) if a > 0 and d is None] for s in specs}

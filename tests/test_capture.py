@@ -117,3 +117,11 @@ def test_gram_accumulator_chunking_and_intercept(monkeypatch):
     np.testing.assert_allclose(s.h, rows.T @ rows_a @ w, rtol=1e-6, atol=1e-5)
     assert s.target == pytest.approx(float(np.sum((rows_a @ w) ** 2)), rel=1e-6)
     assert s.rows == 30
+
+
+def test_sessions_give_activations_back_after_each_run():
+    """No CPU memory arena (capture/runtime.session): a prune holds several sessions at once,
+    and an arena keeps each one's largest batch of activations for the session's life."""
+    from onnxprune.capture import runtime
+    sess = runtime.session(B.mlp())
+    assert sess.get_session_options().enable_cpu_mem_arena is False

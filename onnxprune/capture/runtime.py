@@ -94,7 +94,12 @@ def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = Non
     """An InferenceSession on `device` ('cpu' or 'cuda'). A model the user gave that onnxruntime
     cannot load is a user error; one onnxprune `built` (described by that string: a pruned
     model, a region cut for capture) is an InternalError, since it is our bug. `threads`:
-    onnxruntime's intra-op threads (None: its default, every core; a Ray worker owns fewer)."""
+    onnxruntime's intra-op threads (None: its default, every core; a Ray worker owns fewer).
+
+    No CPU memory arena: a run's activations go back after the run instead of staying with
+    the session for its life, and a prune holds several sessions at once (the reference,
+    two capture streams, verify's): ViT-S with its decoder at batch 32 peaked at 2.5 GB with
+    arenas and 1.6 GB without, in the same time (docs/RESULTS.md "ViT-S speed and memory")."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -103,6 +108,7 @@ def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = Non
         opts.intra_op_num_threads = threads
     # Our NumPy work runs between onnxruntime calls: spinning threads would steal its cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = False
     try:
         if not is_large(model):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))

@@ -120,9 +120,13 @@ def _fill_from(static: GraphIndex, known: GraphIndex, values: dict) -> None:
         if static.dims(name, batch=1) is not None or not dims:
             continue
         sample = known.sample_dims.get(name)
-        new = [dims[0] if isinstance(dims[0], int) else None]
-        new += [d if isinstance(d, int) else sample[i] if d == MEASURED_DYNAMIC and sample else values.get(d)
-                for i, d in enumerate(dims[1:], 1)]
+
+        def size(i, d):
+            if isinstance(d, int):
+                return d
+            return sample[i] if d == MEASURED_DYNAMIC and sample else values.get(d)
+
+        new = [dims[0] if isinstance(dims[0], int) else None] + [size(i, d) for i, d in enumerate(dims[1:], 1)]
         if all(d is not None for d in new[1:]):
             found[name] = (known.elem_types.get(name), tuple(new))
     for name, (elem, dims) in found.items():

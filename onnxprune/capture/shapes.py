@@ -51,8 +51,8 @@ def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration)
         return []
     try:
         sess = _probe_session(model, index, unknown)      # one copy and one session for every run
-        feeds = _two_feeds(model, calibration)
-        first, second = (_run(sess, unknown, f) for f in feeds)
+        two_runs, one_sample = _feeds(model, calibration)
+        first, second = (_run(sess, unknown, f) for f in two_runs)
         found = {}
         for name, a, b in zip(unknown, first, second):
             if a is not None and b is not None and a.ndim == b.ndim:
@@ -60,9 +60,8 @@ def measure(model: onnx.ModelProto, index: GraphIndex, calibration: Calibration)
                                tuple(int(x) if x == y else MEASURED_DYNAMIC for x, y in zip(a.shape, b.shape)))
         dynamic = [name for name, (_, dims) in found.items() if MEASURED_DYNAMIC in dims]
         if dynamic:
-            one = feeds[0] if fixed_batch(input_specs(model)) else {k: v[:1] for k, v in feeds[0].items()}
             index.sample_dims.update((name, tuple(int(x) for x in v.shape))
-                                     for name, v in zip(unknown, _run(sess, unknown, one)) if name in dynamic)
+                                     for name, v in zip(unknown, _run(sess, unknown, one_sample)) if name in dynamic)
     except OnnxPruneError as exc:
         return [f"{len(unknown)} tensor shape(s) unknown to static and symbolic inference were not measured: {exc}"]
     filled = index.fill_shapes(found, "measured")
@@ -74,10 +73,11 @@ def _filled_note(filled: list, how: str) -> str:
     return f"shapes of {len(filled)} tensor(s) unknown to static inference {how}: {shown}"
 
 
-def _two_feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
-    """Feeds of the two runs: (2 samples, full length), (1 other sample, dynamic non-batch
-    axes cut to half: 2L vs L/2, so a batch folded into another dim never looks fixed); a
-    model with a fixed batch uses it in both runs."""
+def _feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
+    """((first, second), one sample): the feeds of the two runs, (2 samples, full length) and
+    (1 other sample, dynamic non-batch axes cut to half: 2L vs L/2, so a batch folded into
+    another dim never looks fixed), and the first sample alone at full length, for its dims;
+    a model with a fixed batch uses it in every run."""
     specs = input_specs(model)
     batch = fixed_batch(specs)
     first_n, second_n = (batch, batch) if batch else (2, 1)
@@ -91,7 +91,8 @@ def _two_feeds(model: onnx.ModelProto, calibration: Calibration) -> tuple:
         cut = tuple(slice(None, max(1, part.shape[a] // 2)) if a in dynamic.get(name, ()) else slice(None)
                     for a in range(part.ndim))
         second[name] = np.ascontiguousarray(part[cut])
-    return first, second
+    one = {name: array[:batch or 1] for name, array in first.items()}
+    return (first, second), one
 
 
 def _probe_session(model: onnx.ModelProto, index: GraphIndex, tensors: list):

@@ -121,3 +121,46 @@ def test_analyze_coverage_of_optimizer_fixtures(name):
     assert result.exit_code == 0, result.output
     cov = json.loads(result.output[result.output.index("{"):])["coverage"]
     assert (cov["prunable_channels"], cov["total_channels"]) == COVERAGE[name]
+
+
+def _bias_before_skip_ln(model):
+    """The same model with every SkipLayerNormalization's bias input moved into a MatMul + Add
+    before it (the form before onnxruntime's optimizer folded it)."""
+    import copy
+    from onnx import helper
+    m = copy.deepcopy(model)
+    nodes = []
+    for node in m.graph.node:
+        if node.op_type == "SkipLayerNormalization" and len(node.input) > 4 and node.input[4]:
+            added = f"{node.name}_bias_out"
+            nodes.append(helper.make_node("Add", [node.input[0], node.input[4]], [added], name=f"{node.name}_bias"))
+            node.input[0] = added
+            del node.input[4]
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+@pytest.mark.parametrize("refit", ["all", "consumers"])
+def test_skip_layer_norm_bias_takes_the_refit_intercept(refit):
+    """A MatMul read only by a SkipLayerNormalization has that op's bias input as its bias: the
+    refitted intercept is written there (no extra Add), and the pruned model computes what the
+    same prune computes on the graph with the bias as a plain MatMul + Add before the op."""
+    from test_fixtures_transformers import calib_and_check
+    model = load_model(HERE / "bert_hf_attention.onnx")
+    moved = _bias_before_skip_ln(model)
+    calib, check = calib_and_check("bert_hf_attention")
+    want0, got0 = B.run(model, check), B.run(moved, check)
+    np.testing.assert_allclose(got0[0], want0[0], rtol=1e-4, atol=1e-5)
+    consumers = {c.node: c for g in analyze(normalize(model)).groups for c in g.consumers}
+    assert consumers["/layers.0/output/MatMul"].bias == "layers.0.output.bias"
+    assert consumers["/layers.0/output/MatMul"].bias_node == "SkipLayerNorm_AddBias_1"
+    a, ra = prune(model, calib, keep=0.5, refit=refit, mode="asym")
+    b, rb = prune(moved, calib, keep=0.5, refit=refit, mode="asym")
+    assert [g["kept"] for g in ra.groups] == [g["kept"] for g in rb.groups]
+    assert len(a.graph.node) == len(model.graph.node)          # no Add for the intercepts
+    bias = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}["layers.0.output.bias"]
+    old = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}["layers.0.output.bias"]
+    assert not np.allclose(bias, old)                           # the intercept went there
+    np.testing.assert_allclose(B.run(a, check)[0], B.run(b, check)[0], rtol=1e-3, atol=1e-4)

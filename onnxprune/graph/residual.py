@@ -20,8 +20,8 @@ def skip_partner(idx: GraphIndex, c: Consumer) -> str | None:
     same dims, symbolic names included: then its rows line up with the layer's output rows.
     """
     last = idx.nodes.get(c.bias_node or c.node)
-    if last is None or not last.output:
-        return None
+    if last is None or not last.output or (c.bias_node and last.op_type != "Add"):
+        return None     # a fused Skip*LayerNormalization adds the skip inside: no Add to target
     y = last.output[0]
     readers = idx.uses(y)
     if y in idx.graph_outputs or len(readers) != 1:

@@ -157,6 +157,8 @@ def consumer(idx: GraphIndex, node, in_index: int, layout: Layout) -> Consumer:
     if layout.axis != layout.rank - 1:
         raise Refusal(f"MatMul '{name}' contracts the last axis, the channels are on axis {layout.axis}")
     bias, bias_node = matmul_bias(idx, node)
+    if bias is None:
+        bias, bias_node = fused_bias(idx, node)
     return _checked(idx, Consumer(name, op, node.input[0], weight, 0, layout, bias=bias, bias_node=bias_node))
 
 
@@ -190,6 +192,30 @@ def matmul_bias(idx: GraphIndex, node):
     n = idx.shapes[node.input[1]][1]
     if idx.is_constant(other) and _row_vector(idx.shapes[other], n) and len(idx.uses(other)) == 1:
         return other, add.name
+    return None, None
+
+
+# com.microsoft ops that add a bias input to the sum of their first two inputs (input + skip)
+# before normalising: onnxruntime's transformer optimizer moves a MatMul's bias Add there.
+FUSED_BIAS_SLOT = {"SkipLayerNormalization": 4, "SkipSimplifiedLayerNormalization": 3}
+
+
+def fused_bias(idx: GraphIndex, node):
+    """(bias constant, fused node name) when the MatMul's only use is as the input or skip of a
+    com.microsoft Skip*LayerNormalization whose private [N] bias input is then the MatMul's own
+    bias: the refit's intercept goes there instead of into an extra Add (consumers only; the
+    normalised axis is never pruned)."""
+    out = node.output[0]
+    uses = idx.uses(out)
+    if len(uses) != 1 or out in idx.graph_outputs:
+        return None, None
+    fused, slot = uses[0]
+    where = FUSED_BIAS_SLOT.get(fused.op_type)
+    if fused.domain != "com.microsoft" or where is None or slot not in (0, 1) or len(fused.input) <= where:
+        return None, None
+    bias, n = fused.input[where], idx.shapes[node.input[1]][1]
+    if bias and idx.is_constant(bias) and _row_vector(idx.shapes[bias], n) and len(idx.uses(bias)) == 1:
+        return bias, fused.name
     return None, None
 
 

@@ -296,3 +296,24 @@ def test_new_methods_give_valid_smaller_models(name, method, reweight):
     for g in report.groups:                # a refit is never worse than the intercept alone
         assert len(g["kept"]) == g["channels_after"] and g["rel_error"] >= 0.0
         assert g["rel_error"] <= 1.0 + 1e-9 or not reweight
+
+
+def test_coreset_points_include_a_bias_the_refit_added_to_a_matmul():
+    """A bias-free MatMul that a group's refit gave an intercept (an Add after it) is then a
+    producer with that bias: its coreset points are ||[W[:, j], b_j]||, as for a Gemm."""
+    b = B.GraphBuilder(3)
+    x = b.input("x", ["N", 10])
+    x = b.relu(b.matmul(x, 10, 14, bias=False, name="mm1"))
+    x = b.relu(b.matmul(x, 14, 12, bias=False, name="mm2"))
+    b.output(b.matmul(x, 12, 5, bias=False, name="mm3"))
+    model = b.model()
+    calib = {"x": np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)}
+    pruned, _ = prune(model, calib, keep=0.5, mode="seq", exclude=["mm2"])      # mm1's group only
+    idx = GraphIndex.build(pruned)
+    (add,) = [n for n in pruned.graph.node if n.op_type == "Add"]           # mm2's refit intercept
+    bias = idx.array(add.input[1]).astype(np.float64)
+    assert np.abs(bias).max() > 1e-3
+    (g2,) = [g for g in analyze(model).groups if [p.node for p in g.producers] == ["mm2"]]
+    w2 = idx.array(idx.nodes["mm2"].input[1]).astype(np.float64)            # (7, 12): rows pruned
+    want = np.sqrt(np.sum(w2 ** 2, axis=0) + bias ** 2)
+    np.testing.assert_allclose(coreset.point_norms(idx, g2, Alive()), want, rtol=1e-12)

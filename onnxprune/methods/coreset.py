@@ -25,6 +25,7 @@ import numpy as np
 from ..graph.index import GraphIndex, attr
 from ..graph.groups import Group
 from ..graph.layout import Alive
+from ..graph.roles import matmul_bias
 from . import importance
 from .base import Method, SelectContext, Selection
 from .coreset_heads import head_point_norms
@@ -71,8 +72,11 @@ def point_norms(idx: GraphIndex, group: Group, alive: Alive) -> np.ndarray:
 
 def _producer_bias(idx: GraphIndex, p, node, channels: int) -> np.ndarray:
     name = p.bias
+    # a bias onnxprune added when it refitted this node earlier (p comes from the original graph)
     if name is None and p.op in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2]:
-        name = node.input[2]          # a bias onnxprune added when refitting this node earlier
+        name = node.input[2]
+    elif name is None and p.op == "MatMul":
+        name, _ = matmul_bias(idx, node)
     if name is None:
         return np.zeros(channels)
     b = idx.array(name).astype(np.float64).reshape(-1)

@@ -5,6 +5,7 @@ from onnx import numpy_helper
 
 import builders as B
 from onnxprune import prune
+from onnxprune import analyze as analyze_model
 from onnxprune.capture import stats as stats_module
 from onnxprune.capture.stream import Capturer
 from onnxprune.graph.groups import Consumer
@@ -124,3 +125,21 @@ def test_sessions_give_activations_back_after_each_run():
     from onnxprune.capture import runtime
     sess = runtime.session(B.mlp())
     assert sess.get_session_options().enable_cpu_mem_arena is False
+
+
+def test_a_capture_step_keeps_an_arena_for_its_batches_only(monkeypatch):
+    """A seq/asym step's region runs every batch: its session keeps an arena (no page faults
+    per run), and finishing the step drops the session with its arena."""
+    from onnxprune.capture import runtime, stream
+    from onnxprune.io.calib import Calibration
+    made = []
+    real = runtime.session
+    monkeypatch.setattr(stream.runtime, "session", lambda *a, **k: made.append(k.get("arena")) or real(*a, **k))
+    model = B.mlp()
+    calib = Calibration({"x": np.random.default_rng(0).normal(size=(6, 12)).astype(np.float32)}, "test")
+    cap = stream.Capturer(calib, 4, "cpu", np)
+    cap.plan(model, ["fc2"])
+    (st,) = cap.step_stats(model, [c for g in analyze_model(model).groups for c in g.consumers if c.node == "fc2"], "step")
+    assert st.rows == 6
+    assert True in made
+    assert all(s._session is None for s in cap._streams.values())

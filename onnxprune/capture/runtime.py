@@ -90,16 +90,20 @@ def providers(device: str) -> list:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = None, threads: int | None = None):
+def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = None, threads: int | None = None,
+            arena: bool = False):
     """An InferenceSession on `device` ('cpu' or 'cuda'). A model the user gave that onnxruntime
     cannot load is a user error; one onnxprune `built` (described by that string: a pruned
     model, a region cut for capture) is an InternalError, since it is our bug. `threads`:
     onnxruntime's intra-op threads (None: its default, every core; a Ray worker owns fewer).
 
-    No CPU memory arena: a run's activations go back after the run instead of staying with
-    the session for its life, and a prune holds several sessions at once (the reference,
-    two capture streams, verify's): ViT-S with its decoder at batch 32 peaked at 2.5 GB with
-    arenas and 1.6 GB without, in the same time (docs/RESULTS.md "ViT-S speed and memory")."""
+    No CPU memory arena unless `arena`: a prune holds several sessions at once (the
+    reference, two capture streams, verify's), and an arena keeps its largest batch's
+    activations for the session's life (ViT-S with its decoder at batch 32: 2.5 GB with
+    arenas, 1.6 GB without). Without one, every run hands its activations back to the system
+    and page-faults them in again (+16% time), so the short-lived sessions that run one
+    region over every batch (a seq/asym capture step) keep theirs (docs/RESULTS.md "ViT-S
+    speed and memory")."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -108,7 +112,7 @@ def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = Non
         opts.intra_op_num_threads = threads
     # Our NumPy work runs between onnxruntime calls: spinning threads would steal its cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_cpu_mem_arena = False
+    opts.enable_cpu_mem_arena = arena
     try:
         if not is_large(model):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))

@@ -61,7 +61,7 @@ class Stream:
         self._fetch, self._inputs, self._session = fetch, [], None
         if fetch:
             sub, self._inputs = region_model(model, structure, fetch, self.available)
-            self._session = runtime.session(sub, self.device, threads=self.threads,
+            self._session = runtime.session(sub, self.device, threads=self.threads, arena=True,
                                             built="the region of the partly pruned model cut for capture")
 
     def _stored_types(self) -> dict:
@@ -95,7 +95,7 @@ class Stream:
         self.store.seal()
         self.store.keep_only(self._save)
         self.available = set(self._save)
-        self._session = None
+        self._session = None        # and its arena with it
 
     def close(self) -> None:
         self.store.close()

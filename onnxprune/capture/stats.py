@@ -262,12 +262,12 @@ class GramAccumulator:
         self._w_rows = w[:-1].astype(self.dtype)
         if m <= self._width_a or drift:      # a drift is no function of X_A: H directly
             self.h = xp.zeros((d, m), dtype=f64)
-        else:
+            self.sum_y = xp.zeros(m, dtype=f64)
+            self.column_target = xp.zeros(m, dtype=f64)
+        else:                               # Y's sums follow from these (_target_sums)
             self.cross = xp.zeros((d, self._width_a), dtype=f64)
             self.gram_a = xp.zeros((self._width_a, self._width_a), dtype=f64)
             self.total_a = xp.zeros(self._width_a, dtype=f64)
-        self.sum_y = xp.zeros(m, dtype=f64)
-        self.column_target = xp.zeros(m, dtype=f64)
 
     def _raw_h(self):
         """Σ x yᵀ (native rows, no intercept row), from the cross Gram when it was kept."""
@@ -367,9 +367,11 @@ class _BatchSums:
         if not acc.asym:
             return
         self.shift_a = acc._mean(a)
+        if acc.cross is not None:
+            self.sum_a = xp.zeros(acc._width_a, dtype=f64)
+            return
         w_rows, w_intercept = acc._w64
         self.intercept = (w_intercept + xp.asarray(self.shift_a, dtype=f64) @ w_rows).astype(acc.dtype)
-        self.sum_a = xp.zeros(acc._width_a, dtype=f64)
         self.sum_y = xp.zeros(w_rows.shape[1], dtype=f64)
 
 

@@ -181,18 +181,12 @@ def _checked(idx: GraphIndex, c: Consumer) -> Consumer:
 
 def matmul_bias(idx: GraphIndex, node):
     """(bias constant, Add node name) when the MatMul's only use is an Add of a [N] constant."""
+    add, _ = _sole_reader(idx, node)
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None, None
     out = node.output[0]
-    uses = idx.uses(out)
-    if len(uses) != 1 or out in idx.graph_outputs:
-        return None, None
-    add, _ = uses[0]
-    if add.op_type != "Add" or len(add.input) != 2:
-        return None, None
     other = add.input[1] if add.input[0] == out else add.input[0]
-    n = idx.shapes[node.input[1]][1]
-    if idx.is_constant(other) and _row_vector(idx.shapes[other], n) and len(idx.uses(other)) == 1:
-        return other, add.name
-    return None, None
+    return (other, add.name) if _private_bias(idx, node, other) else (None, None)
 
 
 # com.microsoft ops that add a bias input to the sum of their first two inputs (input + skip)
@@ -205,18 +199,27 @@ def fused_bias(idx: GraphIndex, node):
     com.microsoft Skip*LayerNormalization whose private [N] bias input is then the MatMul's own
     bias: the refit's intercept goes there instead of into an extra Add (consumers only; the
     normalised axis is never pruned)."""
+    fused, slot = _sole_reader(idx, node)
+    where = FUSED_BIAS_SLOT.get(fused.op_type) if fused is not None else None
+    if where is None or fused.domain != "com.microsoft" or slot not in (0, 1) or len(fused.input) <= where:
+        return None, None
+    bias = fused.input[where]
+    return (bias, fused.name) if _private_bias(idx, node, bias) else (None, None)
+
+
+def _sole_reader(idx: GraphIndex, node) -> tuple:
+    """(node, input slot) of the one reader of `node`'s output, or (None, None) when it has
+    several, none, or is a model output."""
     out = node.output[0]
     uses = idx.uses(out)
-    if len(uses) != 1 or out in idx.graph_outputs:
-        return None, None
-    fused, slot = uses[0]
-    where = FUSED_BIAS_SLOT.get(fused.op_type)
-    if fused.domain != "com.microsoft" or where is None or slot not in (0, 1) or len(fused.input) <= where:
-        return None, None
-    bias, n = fused.input[where], idx.shapes[node.input[1]][1]
-    if bias and idx.is_constant(bias) and _row_vector(idx.shapes[bias], n) and len(idx.uses(bias)) == 1:
-        return bias, fused.name
-    return None, None
+    return uses[0] if len(uses) == 1 and out not in idx.graph_outputs else (None, None)
+
+
+def _private_bias(idx: GraphIndex, matmul, name: str) -> bool:
+    """Whether `name` is a constant only one node reads, adding one value per output column of
+    the MatMul (or one value to all)."""
+    n = idx.shapes[matmul.input[1]][1]
+    return bool(name) and idx.is_constant(name) and _row_vector(idx.shapes[name], n) and len(idx.uses(name)) == 1
 
 
 def _row_vector(shape, n: int) -> bool:

@@ -10,7 +10,10 @@ from onnxprune.capture import stats as stats_module
 from onnxprune.capture.stream import Capturer
 from onnxprune.graph.groups import Consumer
 from onnxprune.graph.layout import Layout, Segment
-from onnxprune.capture.prefix import CachePlan, TensorStore, cache_plan, samples_on_axis0
+from onnxprune.capture.prefix import CachePlan, cache_plan, samples_on_axis0
+from onnxprune.capture import store as store_module
+from onnxprune.capture.store import MemoryBudget, TensorStore
+from onnxprune.errors import InternalError
 from onnxprune.capture.stats import GramAccumulator
 
 
@@ -20,7 +23,10 @@ def weights(model):
 
 @pytest.mark.parametrize("build", [B.cnn, lambda: B.matmul_mlp(tokens=4), B.mlp])
 @pytest.mark.parametrize("mode", ["seq", "asym"])
-def test_incremental_capture_equals_capture_from_the_inputs(monkeypatch, build, mode):
+@pytest.mark.parametrize("memory", [None, 0, 1500, 6000])     # frontiers in memory, on disk, or some of each
+def test_incremental_capture_equals_capture_from_the_inputs(monkeypatch, build, mode, memory):
+    if memory is not None:
+        monkeypatch.setattr(store_module, "FRONTIER_MEMORY", memory)
     assert_cache_changes_nothing(monkeypatch, build(), mode)
 
 
@@ -83,19 +89,30 @@ def test_samples_on_axis0_probe_rejects_batch_on_another_axis():
     assert not samples_on_axis0({"t": two[:1]}, {"t": two + 1})  # different values
 
 
-def test_tensor_store_roundtrip_and_eviction_keeps_other_files():
-    store = TensorStore()
+@pytest.mark.parametrize("limit", [0, 48, 1 << 20])      # all on disk, mixed, all in memory
+def test_tensor_store_roundtrip_release_and_eviction(limit):
+    """Batches come back as stored whether the budget kept them in memory or not; releasing
+    and evicting give the budget back and keep other values (and their files) intact."""
+    budget = MemoryBudget(limit)
+    store = TensorStore(budget)
     try:
         a = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
-        store.append("a", a[:2])
-        store.append("a", a[2:])
-        store.append("b", a[:, 0])
-        store.seal()
+        store.append("a", 0, a[:2])
+        store.append("a", 2, a[2:])
+        store.append("b", 0, a[:, 0])
         store.keep_only({"a"})
-        store.append("c", a[:, 1] * 2)          # must not reuse a's file
-        store.seal()
-        np.testing.assert_array_equal(store.read("a", 1, 2), a[1:3])
+        store.append("c", 0, a[:, 1] * 2)          # must not reuse a's file
+        np.testing.assert_array_equal(store.read("a", 2, 2), a[2:])
+        np.testing.assert_array_equal(store.read("a", 0, 2), a[:2])
         np.testing.assert_array_equal(store.read("c", 0, 4), a[:, 1] * 2)
+        with pytest.raises(InternalError):
+            store.read("a", 1, 2)                  # no batch starts there
+        assert budget.used == sum(b.nbytes for t in store.tensors.values() for b in t.memory.values())
+        assert (budget.used > 0) == (limit > 0)
+        store.release("a", 0)
+        store.release("a", 2)
+        store.keep_only({"a"})
+        assert budget.used == 0
     finally:
         store.close()
 

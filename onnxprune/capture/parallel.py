@@ -32,6 +32,7 @@ from .skipdrift import step_tensors
 from .shared import shared_accumulators, split_results, step_targets
 from .prefix import CachePlan
 from .stats import StatsSettings
+from .store import MemoryBudget
 from .stream import Capturer, Stream, step_pass, submodel
 
 _capture_ids = itertools.count()
@@ -66,7 +67,8 @@ class ShardWorker:
         self.threads = threads
         self.index = index
         self.fail_once = fail_once     # test hook: worker 0 exits at its first batch if this file is absent
-        self._captures: dict = {}      # capture id -> (original model, its GraphIndex, {key: Stream})
+        self._captures: dict = {}      # capture id -> (original model, its GraphIndex, {key: Stream}, cache plan,
+                                       #                their shared MemoryBudget)
 
     def layer_partials(self, model_bytes: bytes, consumers: list, observers: tuple, row_mask: str | None,
                        settings: StatsSettings):
@@ -94,14 +96,14 @@ class ShardWorker:
         start = time.perf_counter()
         if cid not in self._captures:
             original = onnx.load_from_string(original_bytes)
-            self._captures[cid] = (original, GraphIndex.build(original), {}, cache)
-        original, types, streams, cache = self._captures[cid]
+            self._captures[cid] = (original, GraphIndex.build(original), {}, cache, MemoryBudget())
+        original, types, streams, cache, budget = self._captures[cid]
         tensors = step_tensors(consumers, partners if asym else None)
-        cur = self._stream(streams, "current", types, cache)
+        cur = self._stream(streams, "current", types, cache, budget)
         cur.prepare(onnx.load_from_string(current_bytes), tensors, save)
         ref = None
         if asym:
-            ref = self._stream(streams, "original", types, cache)
+            ref = self._stream(streams, "original", types, cache, budget)
             ref.prepare(original, tensors, save)
         targets = step_targets(consumers, weights) if asym else None
         shared = shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)
@@ -120,9 +122,9 @@ class ShardWorker:
                 s.close()
         return None, (0.0, 0.0)
 
-    def _stream(self, streams: dict, key: str, types: GraphIndex, cache: CachePlan) -> Stream:
+    def _stream(self, streams: dict, key: str, types: GraphIndex, cache: CachePlan, budget: MemoryBudget) -> Stream:
         if key not in streams:
-            streams[key] = Stream(types, self.calib, self.device, cache, self.threads)
+            streams[key] = Stream(types, self.calib, self.device, cache, self.threads, budget)
         return streams[key]
 
     def _batches(self):

@@ -3,16 +3,12 @@
 Groups are pruned in topological order of their producers. Pruning group i changes only
 nodes at or after its producer, so every tensor produced *before* that producer and read at
 or after it (the group's *frontier*) keeps its value for all later steps. A `Stream` stores
-each step's frontier for all calibration samples on disk and runs the next step from there,
-so a whole seq/asym run costs about two full forward passes per model instead of one prefix
-per group. Values are written to plain files (not memory maps) so resident memory stays flat
-whatever the calibration size.
+each step's frontier for all calibration samples (store.py: in memory up to a budget, on disk
+beyond) and runs the next step from there, so a whole seq/asym run costs about two full
+forward passes per model instead of one prefix per group.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,63 +79,6 @@ def samples_on_axis0(one: dict, two: dict) -> bool:
     return True
 
 
-
-
-class TensorStore:
-    """Sample-major arrays on disk, appended batch by batch and read back by sample range; and
-    small arrays kept per batch in memory (`put`/`get`, keyed by the batch's first sample)."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="onnxprune-")
-        self.meta = {}        # name -> (dtype, per-sample shape, file path)
-        self.batched = {}     # name -> {first sample of a batch: array}
-        self._files = {}
-        self._count = 0
-
-    def put(self, name: str, start: int, value: np.ndarray) -> None:
-        self.batched.setdefault(name, {})[start] = np.array(value)
-
-    def get(self, name: str, start: int) -> np.ndarray:
-        return self.batched[name][start]
-
-    def dtypes(self) -> dict:
-        """name -> dtype of everything stored."""
-        out = {name: meta[0] for name, meta in self.meta.items()}
-        out.update((name, next(iter(v.values())).dtype) for name, v in self.batched.items() if v)
-        return out
-
-    def append(self, name: str, batch: np.ndarray) -> None:
-        if name not in self.meta:
-            self._count += 1
-            path = os.path.join(self.dir, f"t{self._count}.bin")
-            self.meta[name] = (batch.dtype, batch.shape[1:], path)
-            self._files[name] = open(path, "wb")
-        self._files[name].write(np.ascontiguousarray(batch).tobytes())
-
-    def seal(self) -> None:
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
-
-    def read(self, name: str, start: int, count: int) -> np.ndarray:
-        dtype, shape, path = self.meta[name]
-        per = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        with open(path, "rb") as fh:
-            fh.seek(start * per)
-            data = fh.read(count * per)
-        return np.frombuffer(data, dtype=dtype).reshape((count, *shape))
-
-    def keep_only(self, names: set) -> None:
-        for name in list(self.meta):
-            if name not in names:
-                os.unlink(self.meta.pop(name)[2])
-        for name in list(self.batched):
-            if name not in names:
-                del self.batched[name]
-
-    def close(self) -> None:
-        self.seal()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def region_model(model: onnx.ModelProto, idx: GraphIndex, outputs: list, available: set) -> tuple:

@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import os
 import re
 import tempfile
@@ -163,6 +164,29 @@ def _strip_location(message: str) -> str:
                 text = text[i + 1:]
                 break
     return text.strip()
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Hand the memory that dropped sessions, graphs and batches held back to the system.
+
+    onnx-graphsurgeon graphs (a rewrite's, with copies of the weights) are reference cycles,
+    freed only by a full collection (about 50 ms); and glibc keeps freed blocks for reuse and,
+    once a large array has been freed, serves blocks up to that size from the heap instead of
+    fresh mappings. Without this a run's resident memory only grows, step after step (ViT-S:
+    250 MB after the frontier probe alone, 1.1 GB more by the fourth block)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def run(sess, feeds: dict, outputs: list) -> list:

@@ -35,6 +35,8 @@ def infer_symbolic(model: onnx.ModelProto, index: GraphIndex) -> list:
         found = runtime.symbolic_shapes(model)
     except OnnxPruneError as exc:
         return [f"{len(unknown)} tensor shape(s) unknown to static inference; {exc}"]
+    finally:
+        runtime.release_memory()        # its copies of the model
     filled = index.fill_shapes({t: found[t] for t in unknown if t in found}, "symbolic")
     notes = [_filled_note(filled, "came from onnxruntime's symbolic shape inference")] if filled else []
     left = len(index.unknown_shapes())

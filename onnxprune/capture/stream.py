@@ -15,10 +15,11 @@ from onnx import helper
 from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
-from .prefix import CachePlan, TensorStore, cache_plan, frontier, region_model
+from .prefix import CachePlan, cache_plan, frontier, region_model
 from .skipdrift import add_step_batch, step_tensors
 from .shared import shared_accumulators, split_results, step_targets
 from .stats import StatsSettings
+from .store import MemoryBudget, TensorStore
 
 Progress = Callable[[str, int, int], None]
 
@@ -36,13 +37,13 @@ class Stream:
     """One model run step by step; each step starts from the frontier the previous one saved."""
 
     def __init__(self, types: GraphIndex, calib: Calibration, device: str, cache: CachePlan,
-                 threads: int | None = None):
+                 threads: int | None = None, budget: MemoryBudget | None = None):
         self.types = types            # original model's index: element types and symbolic dims
         self.calib = calib
         self.device = device
         self.cache = cache
         self.threads = threads        # onnxruntime intra-op threads (a Ray worker's share of the cores)
-        self.store = TensorStore()
+        self.store = TensorStore(budget)
         self.available: set = set()
         self._session = None
 
@@ -88,11 +89,13 @@ class Stream:
             if name in self.cache.per_batch:
                 self.store.put(name, start, values[name])
             else:
-                self.store.append(name, values[name])
+                self.store.append(name, start, values[name])
+        for name in self._inputs + self._read:
+            if name not in self._save:
+                self.store.release(name, start)
         return values
 
     def finish(self) -> None:
-        self.store.seal()
         self.store.keep_only(self._save)
         self.available = set(self._save)
         self._session = None        # and its arena with it
@@ -117,6 +120,7 @@ def step_pass(cur: Stream, ref: Stream | None, shared: list, targets: dict | Non
     cur.finish()
     if ref is not None:
         ref.finish()
+    runtime.release_memory()            # the step's sessions and their arenas
 
 
 class Capturer:
@@ -132,6 +136,7 @@ class Capturer:
         self.xp = xp
         self.progress = progress or (lambda stage, done, total: None)
         self._streams: dict = {}
+        self._budget = MemoryBudget()      # frontier values in memory, both streams together
 
     def layer_stats(self, model: onnx.ModelProto, consumers: list, label: str, observers: tuple = ()) -> list:
         """Statistics of every consumer from one pass of `model`. `observers` (objects with
@@ -152,6 +157,7 @@ class Capturer:
         self.types = index or GraphIndex.build(original)
         self.frontiers = [frontier(self.types, b) for b in boundaries]
         self.cache = self._probe_frontiers(original)
+        runtime.release_memory()        # the probe's session of the whole model
         self.step = 0
 
     def _probe_frontiers(self, original: onnx.ModelProto) -> CachePlan:
@@ -195,7 +201,7 @@ class Capturer:
 
     def _stream(self, key: str) -> Stream:
         if key not in self._streams:
-            self._streams[key] = Stream(self.types, self.calib, self.device, self.cache)
+            self._streams[key] = Stream(self.types, self.calib, self.device, self.cache, budget=self._budget)
         return self._streams[key]
 
     def _batches(self, label: str):

@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
+from ..capture import runtime
 from ..graph.index import GraphIndex
 from ..graph.layout import Alive
 from ..graph.residual import skip_partner
@@ -73,11 +74,12 @@ def prune_run(session: Session, cache: LayerCache, opts, budget, progress=None, 
     check_row_mask_applied(session.mask, pruner.masked, bool(pruner.captured))
 
     t = time.perf_counter()
+    runtime.release_memory()           # the capture's sessions and batches
     check(pruned)
     verify = {"checker": "passed",
               "surgery_check": surgery_check(session, {g["name"]: g["kept"] for g in group_reports})}
     if session.calibration is not None:
-        verify.update(output_fidelity(session.reference, pruned, session.calibration.head(VERIFY_SAMPLES),
+        verify.update(output_fidelity(session.model, pruned, session.calibration.head(VERIFY_SAMPLES),
                                       session.batch_size, session.device, session.row_mask, opts.metric))
         warning = drift_warning(group_reports, verify)
         if warning:

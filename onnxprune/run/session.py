@@ -40,7 +40,6 @@ class Session:
     batch_size: int
     device: str
     xp: object
-    reference: object                # onnxruntime session of the original model
     setup_seconds: float
     mask: RowMask = RowMask(None, "none")     # where row_mask came from (run/rowmask.py)
     notes: tuple = ()                # where shapes static inference left unknown came from
@@ -60,8 +59,8 @@ class Session:
 
 
 def open_session(model, calib, opts: PruneOptions, source: str | None = None) -> Session:
-    """Load (or check) `model`, analyse it, load `calib` and start the reference session;
-    raises the user error for anything wrong with them. `source` names an in-memory model."""
+    """Load (or check) `model`, analyse it, load `calib` and check that onnxruntime runs the
+    model; raises the user error for anything wrong with them. `source` names an in-memory model."""
     start = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         source = str(model)
@@ -93,10 +92,11 @@ def open_session(model, calib, opts: PruneOptions, source: str | None = None) ->
             calibration = calibration.head(calibration.samples - calibration.samples % batch)
         batch_size = batch
     device, xp = resolve_device(opts.device)
-    reference = runtime.session(model, device)   # fails now if onnxruntime cannot run the model
+    runtime.session(model, device)      # fails now, not after the capture, if onnxruntime cannot run it;
+    runtime.release_memory()            # not kept: verify makes its own (a session holds a copy of the weights)
     pool = _worker_pool(model, calibration, batch_size, device, xp, opts)
     return Session(source, model, index, analysis, groups, calibration, batch_size, device, xp,
-                   reference, time.perf_counter() - start, mask, tuple(notes), pool, opts.stats)
+                   time.perf_counter() - start, mask, tuple(notes), pool, opts.stats)
 
 
 def _worker_pool(model, calibration, batch_size: int, device: str, xp, opts: PruneOptions):

@@ -16,13 +16,14 @@ def check(model: onnx.ModelProto) -> None:
     run_checker(model, full_check=True)
 
 
-def output_fidelity(ref, pruned: onnx.ModelProto, calib: Calibration, batch_size: int, device: str,
-                    row_mask: str | None = None, metric: str = "auto") -> dict:
+def output_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, calib: Calibration, batch_size: int,
+                    device: str, row_mask: str | None = None, metric: str = "auto") -> dict:
     """Per-output relative squared error, cosine and (classifier-like outputs) argmax
     agreement over the given samples (run/metrics.py), padding tokens of token-wise outputs
-    left out by the input `row_mask`; `ref` is an onnxruntime session of the original model
-    (made when the run started)."""
+    left out by the input `row_mask`."""
     names = [o.name for o in pruned.graph.output]
+    runtime.release_memory()
+    ref = runtime.session(original, device)
     new = runtime.session(pruned, device, built="the pruned model")
     compare = OutputComparison(names, metric)
     for feeds in runtime.batches(calib.arrays, batch_size):

@@ -7,10 +7,11 @@ import builders as B
 from onnxprune import prune
 from onnxprune import analyze as analyze_model
 from onnxprune.capture import stats as stats_module
-from onnxprune.capture.stream import Capturer
+from onnxprune.capture.stream import Capturer, Stream
+from onnxprune.graph.index import GraphIndex
 from onnxprune.graph.groups import Consumer
 from onnxprune.graph.layout import Layout, Segment
-from onnxprune.capture.prefix import CachePlan, cache_plan, samples_on_axis0
+from onnxprune.capture.prefix import CachePlan, cache_plan, region_model, samples_on_axis0
 from onnxprune.capture import store as store_module
 from onnxprune.capture.store import MemoryBudget, TensorStore
 from onnxprune.errors import InternalError
@@ -185,3 +186,34 @@ def test_a_capture_step_keeps_an_arena_for_its_batches_only(monkeypatch):
     assert st.rows == 6
     assert True in made
     assert all(s._session is None for s in cap._streams.values())
+
+
+def test_the_original_stream_runs_no_node_twice(monkeypatch):
+    """asym with --refit all on a ViT-like encoder: every step of the current model resumes
+    from its group's boundary (the model changed there), but the original model never changes,
+    so its stream resumes where it stopped: across all steps no node of it runs twice (it
+    used to run each block's attention and fc1 twice); the current stream does re-run some."""
+    from test_fixtures_transformers import HERE, calib_and_check
+    regions = {"current": [], "original": []}
+    prepare, make = Stream.prepare, Capturer._stream
+
+    def tagged(self, key):
+        stream = make(self, key)
+        stream.key = key
+        return stream
+
+    def recorded(self, model, outputs, save):
+        prepare(self, model, outputs, save)
+        if self._session is not None:
+            sub, _ = region_model(model, GraphIndex.build(model, infer=False), self._fetch, self.available)
+            regions[self.key].append([n.name for n in sub.graph.node])
+
+    monkeypatch.setattr(Capturer, "_stream", tagged)
+    monkeypatch.setattr(Stream, "prepare", recorded)
+    calib, _ = calib_and_check("vit_tiny")
+    _, report = prune(str(HERE / "vit_tiny.onnx"), calib, heads_keep=0.5, ffn_keep=0.5, mode="asym", refit="all")
+    assert report.refits and len(regions["original"]) >= 4
+    ran = [n for region in regions["original"] for n in region]
+    assert len(ran) == len(set(ran))
+    again = [n for region in regions["current"] for n in region]
+    assert len(again) > len(set(again))

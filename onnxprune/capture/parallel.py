@@ -87,10 +87,11 @@ class ShardWorker:
         return ([acc.partial() for acc in accs], mine), (setup, time.perf_counter() - start)
 
     def step_partials(self, cid: int, original_bytes: bytes, cache: CachePlan, current_bytes: bytes, asym: bool,
-                      consumers: list, weights: dict, save: set, observers: tuple, row_mask: str | None,
+                      consumers: list, weights: dict, saves: tuple, observers: tuple, row_mask: str | None,
                       settings: StatsSettings, partners: dict | None = None):
         """Partial statistics of one seq/asym step of capture `cid` on this worker's samples
-        (see Capturer.step_stats). The original model comes with every step but is parsed once
+        (see Capturer.step_stats; `saves`: what each stream keeps for the next step,
+        Capturer._next_saves). The original model comes with every step but is parsed once
         per capture; a worker restarted after a crash has no saved frontier, so its Streams
         cut the region from the graph inputs (the same values, up to kernel fusion)."""
         start = time.perf_counter()
@@ -100,11 +101,11 @@ class ShardWorker:
         original, types, streams, cache, budget = self._captures[cid]
         tensors = step_tensors(consumers, partners if asym else None)
         cur = self._stream(streams, "current", types, cache, budget)
-        cur.prepare(onnx.load_from_string(current_bytes), tensors, save)
+        cur.prepare(onnx.load_from_string(current_bytes), tensors, saves[0])
         ref = None
         if asym:
             ref = self._stream(streams, "original", types, cache, budget)
-            ref.prepare(original, tensors, save)
+            ref.prepare(original, tensors, saves[1])
         targets = step_targets(consumers, weights) if asym else None
         shared = shared_accumulators(consumers, self.xp, targets, settings, self.first_batch)
         mine = _spawn(observers)
@@ -206,11 +207,10 @@ class ParallelCapturer(Capturer):
                    original: onnx.ModelProto | None = None, weights: dict | None = None,
                    observers: tuple = (), partners: dict | None = None) -> list:
         start = time.perf_counter()
-        save = self.frontiers[self.step]
-        self.step += 1
+        saves = self._next_saves()
         model = self.pool.put(current.SerializeToString())        # once per step, for every worker
         results = self._map(label, "step_partials", self._cid, self._original, self.cache, model,
-                            original is not None, list(consumers), dict(weights or {}), set(save),
+                            original is not None, list(consumers), dict(weights or {}), saves,
                             tuple(observers), self.row_mask, self.settings, dict(partners or {}))
         targets = step_targets(consumers, weights) if original is not None else None
         return self._reduce(label, start, results, consumers, targets, observers)

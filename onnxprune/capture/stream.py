@@ -180,19 +180,28 @@ class Capturer:
         """Statistics of the next planned group on `current` (asym: against `original`, with
         the skip drift of `partners`: consumer node -> skip tensor, see skipdrift.py);
         `observers` see the current model's consumer inputs, as in layer_stats."""
-        save = self.frontiers[self.step]
-        self.step += 1
+        save, save_original = self._next_saves()
         tensors = step_tensors(consumers, partners if original is not None else None)
         cur = self._stream("current")
         cur.prepare(current, tensors, save)
         ref = None
         if original is not None:
             ref = self._stream("original")
-            ref.prepare(original, tensors, save)
+            ref.prepare(original, tensors, save_original)
         targets = step_targets(consumers, weights) if ref is not None else None
         shared = shared_accumulators(consumers, self.xp, targets, self.settings)
         step_pass(cur, ref, shared, targets, self._batches(label), self.row_mask, partners, observers)
         return split_results(shared, consumers, targets)
+
+    def _next_saves(self) -> tuple:
+        """(the current model's, the original's) values to save in this step. The current model
+        changes at this step's boundary, so the next step runs it again from this boundary's
+        frontier. The original never changes: its stream saves the next step's frontier
+        instead (computable from this one: boundaries come in topological order), and runs no
+        node twice (ViT-S: each block's attention and fc1 ran twice)."""
+        i = self.step
+        self.step += 1
+        return self.frontiers[i], (self.frontiers[i + 1] if i + 1 < len(self.frontiers) else set())
 
     def close(self) -> None:
         for s in self._streams.values():

@@ -99,8 +99,8 @@ def session(model: onnx.ModelProto, device: str = "cpu", built: str | None = Non
     model, a region cut for capture) is an InternalError, since it is our bug. `threads`:
     onnxruntime's intra-op threads (None: its default, every core; a Ray worker owns fewer).
 
-    No CPU memory arena unless `arena`: a prune holds several sessions at once (the
-    reference, two capture streams, verify's), and an arena keeps its largest batch's
+    No CPU memory arena unless `arena`: a prune holds several sessions at once (two capture
+    streams; verify's original and pruned models), and an arena keeps its largest batch's
     activations for the session's life (ViT-S with its decoder at batch 32: 2.5 GB with
     arenas, 1.6 GB without). Without one, every run hands its activations back to the system
     and page-faults them in again (+16% time), so the short-lived sessions that run one
@@ -187,9 +187,9 @@ def release_memory() -> None:
 
     onnx-graphsurgeon graphs are reference cycles (each node and tensor through its own
     input/output lists), holding the TensorProtos they imported, until a full collection
-    (ViT-S: 100-300 MB more resident per step without one); and glibc keeps freed blocks for reuse and, once a
-    large array has been freed, serves blocks up to that size from the heap instead of fresh
-    mappings. Without this a run's resident memory only grows, step after step (ViT-S: 250 MB
+    (ViT-S: 100-300 MB more resident per step without one); and glibc keeps freed blocks for
+    reuse and, once a large array has been freed, serves blocks up to that size from the heap
+    instead of fresh mappings. Without this a run's resident memory only grows, step after step (ViT-S: 250 MB
     after the frontier probe alone, 1.1 GB more by the fourth block)."""
     if time.monotonic() - _last_collect[0] >= COLLECT_EVERY:
         gc.collect()

@@ -22,7 +22,7 @@ def output_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, calib: C
     agreement over the given samples (run/metrics.py), padding tokens of token-wise outputs
     left out by the input `row_mask`."""
     names = [o.name for o in pruned.graph.output]
-    runtime.release_memory()
+    runtime.release_memory()            # the surgery check's sessions, before two of the whole model
     ref = runtime.session(original, device)
     new = runtime.session(pruned, device, built="the pruned model")
     compare = OutputComparison(names, metric)

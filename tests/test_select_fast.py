@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune.solve.problem import Problem
-from onnxprune.solve.greedy import greedy_order, reference_greedy_order
+from onnxprune.solve.greedy import COMPACT_FRACTION, _Factor, greedy_order, reference_greedy_order
 
 
 def problem(b, w, block, a=None, extra=None, members=None, channels=None):
@@ -168,6 +168,27 @@ def test_equal_to_reference_on_random_problems(channels, block, outputs, consume
         a = b + 0.2 * rng.standard_normal(b.shape) if asym else None
         problems.append(problem(b, rng.standard_normal((channels * block + 1, outputs)), block, a=a))
     assert_same_greedy(problems, int(rng.integers(1, channels + 1)))
+
+
+@pytest.mark.parametrize("block, channels", [(1, 96), (3, 40)])
+def test_same_picks_and_errors_while_picked_blocks_are_dropped(block, channels):
+    """Enough picks for the factor to drop picked blocks' columns several times (with a fixed
+    feature and a second consumer seeing part of the group), and still match the reference."""
+    rng = np.random.default_rng(100 + block)
+    b = channel_data(rng, 8 * channels * block, channels, block)
+    extra = b[:, :2] @ rng.standard_normal((2, 2)) + 0.5 * rng.standard_normal((b.shape[0], 2))
+    first = problem(b, rng.standard_normal((channels * block + 3, 5)), block, extra=extra)
+    half = np.arange(0, channels, 2)
+    seen = b.reshape(b.shape[0], channels, block)[:, half].reshape(b.shape[0], -1)
+    second = problem(seen, rng.standard_normal((half.size * block + 1, 2)), block, members=half, channels=channels)
+    assert_same_greedy([first, second], channels - 3)
+    state = _Factor(first, channels - 3, np)
+    for c in range(channels // 2):
+        state.pick(c)
+    held = state.held.tolist()
+    assert held == sorted(held) and set(range(channels // 2, channels)) <= set(held)
+    assert len(held) - (channels - channels // 2) < COMPACT_FRACTION * len(held) + 1       # the picked ones dropped...
+    assert state.z.shape[1] == state.t.shape[0] == len(held) * block          # ...and the fixed features
 
 
 def test_on_step_reports_every_pick_in_order():

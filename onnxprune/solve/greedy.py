@@ -20,6 +20,10 @@ RESIDUAL_RTOL = 1e-9
 # CPU, so each slab is still in cache when its gains are computed.
 SLAB_ELEMENTS = 256 * 1024
 
+# The factor drops picked blocks' columns (and targets) once they are this fraction of those it
+# holds: nothing reads them again, and a pick's cost is proportional to the columns held.
+COMPACT_FRACTION = 1 / 8
+
 
 class _State:
     """One consumer's part of the greedy: which of the group's channels it sees (`members`,
@@ -44,8 +48,12 @@ class _State:
         i = self.where.get(channel)
         if i is None:
             return
-        k = self.block
-        self.error -= self._add(slice(i * k, (i + 1) * k), tol=float(self.tol[i]))
+        k, j = self.block, self._position(i)
+        self.error -= self._add(slice(j * k, (j + 1) * k), tol=float(self.tol[i]))
+
+    def _position(self, block: int) -> int:
+        """Where candidate `block` sits in the residual statistics."""
+        return block
 
 
 class _Factor(_State):
@@ -60,6 +68,10 @@ class _Factor(_State):
     Each row block whitens the pick's residual block R_II by its eigendecomposition, dropping
     directions with variance <= tol: exactly the thresholded pseudo-inverse of
     `reference_greedy_order`, so zero, constant and duplicate blocks behave the same.
+
+    Only candidates not yet picked are read again, so Z's columns, T's rows and the diagonal
+    blocks are those of the `held` blocks, and picked blocks are dropped from them in batches
+    (`_compact`): keeping 1024 of 1536 FFN units then reads a third less than keeping all D.
     """
 
     def __init__(self, p, picks: int, xp):
@@ -71,16 +83,41 @@ class _Factor(_State):
         self.z = xp.zeros((p.fixed + picks * k, p.gram.shape[0]), dtype=p.gram.dtype)
         self.rank = 0
         self.score = xp.zeros(c, dtype=p.gram.dtype)
+        self.held = np.arange(c)                    # candidate blocks in Z's columns, in order
+        self.slot = np.arange(c)                    # block -> its place among them
+        self.cols = None                            # Gram indices of Z's columns (None: all)
+        self.taken = np.zeros(c, dtype=bool)        # blocks picked
+        self.picked = 0                             # held blocks already picked
         self.start(p)
 
     def gains(self):
-        """Gain tr(T_Iᵀ R_II⁺ T_I) of adding each candidate block I (kept current by `_add`)."""
+        """Gain tr(T_Iᵀ R_II⁺ T_I) of adding each candidate block I (kept current by `_add`;
+        a picked block's is stale, and never read: the greedy skips taken channels)."""
         return self.score
 
+    def _position(self, block: int) -> int:
+        return int(self.slot[block])
+
+    def pick(self, channel: int) -> None:
+        super().pick(channel)
+        i = self.where.get(channel)
+        if i is not None:
+            self.taken[i] = True
+            self.picked += 1
+            if self.picked >= COMPACT_FRACTION * self.held.size:
+                self._compact()
+
+    def _gram_rows(self, idx: slice):
+        """Rows `idx` (places in Z's columns) of the Gram, restricted to Z's columns."""
+        if self.cols is None:
+            return self.gram[idx, :]
+        xp, cols = self.xp, self.cols
+        return self.gram[xp.asarray(cols[idx])][:, xp.asarray(cols)]
+
     def _add(self, idx: slice, tol: float) -> float:
-        """Append block `idx` to the factor; returns its gain."""
+        """Append block `idx` (places in Z's columns) to the factor; returns its gain."""
         xp, z = self.xp, self.z[:self.rank]
-        rows = self.gram[idx, :]
+        rows = self._gram_rows(idx)
         if self.rank:
             rows = rows - z[:, idx].T @ z                                # residual R_{I,:}  (κ, D)
         evals, evecs = xp.linalg.eigh(rows[:, idx])
@@ -90,11 +127,11 @@ class _Factor(_State):
         u = whiten @ self.t[idx, :]                                      # their target coordinates
         self.z[self.rank:self.rank + new.shape[0]] = new
         self.rank += new.shape[0]
-        n = self.channels * self.block
+        n, c = self.held.size * self.block, self.held.size
         if self.block == 1:
             self.diag -= xp.sum(new[:, :n] ** 2, axis=0)
         else:
-            nb = new[:, :n].reshape(new.shape[0], self.channels, self.block).transpose(1, 0, 2)  # (c, r, k)
+            nb = new[:, :n].reshape(new.shape[0], c, self.block).transpose(1, 0, 2)  # (c, r, k)
             self.diag -= xp.matmul(nb.transpose(0, 2, 1), nb)
         self._update_targets_and_score(new, u)
         return float(xp.sum(u * u))
@@ -104,14 +141,32 @@ class _Factor(_State):
         T (D x m) is then read and written once per pick instead of several times. (Only the
         candidates' rows: the fixed features' are never read again.)"""
         xp, k = self.xp, self.block
-        n = self.channels * k
+        n = self.held.size * k
         step = n if xp is not np else max(1, SLAB_ELEMENTS // (k * self.t.shape[1])) * k
+        whole = self.held.size == self.channels
         for r0 in range(0, n, step):
             r1 = min(n, r0 + step)
             t = self.t[r0:r1]
             t -= new[:, r0:r1].T @ u
             c0, c1 = r0 // k, r1 // k
-            self.score[c0:c1] = _block_gains(xp, self.diag[c0:c1], t, self.tol[c0:c1], c1 - c0, k)
+            where = slice(c0, c1) if whole else xp.asarray(self.held[c0:c1])
+            self.score[where] = _block_gains(xp, self.diag[c0:c1], t, self.tol[self.held[c0:c1]], c1 - c0, k)
+
+    def _compact(self) -> None:
+        """Drop the picked blocks' columns of Z, rows of T and diagonal blocks (and the fixed
+        features' with the first drop: they were conditioned on at the start)."""
+        xp, k = self.xp, self.block
+        keep = np.flatnonzero(~self.taken[self.held])
+        places = (keep[:, None] * k + np.arange(k)).reshape(-1)
+        at = xp.asarray(places)
+        self.cols = (np.arange(self.gram.shape[0]) if self.cols is None else self.cols)[places]
+        z = xp.zeros((self.z.shape[0], places.size), dtype=self.z.dtype)
+        z[:self.rank] = self.z[:self.rank][:, at]
+        self.z, self.t, self.diag = z, self.t[at], self.diag[xp.asarray(keep)]
+        self.slot[self.held] = -1
+        self.held = self.held[keep]
+        self.slot[self.held] = np.arange(self.held.size)
+        self.picked = 0
 
 
 def _diagonal_blocks(xp, matrix, channels: int, k: int):

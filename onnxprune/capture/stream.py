@@ -15,7 +15,7 @@ from onnx import helper
 from . import runtime
 from ..io.calib import Calibration
 from ..graph.index import GraphIndex
-from .prefix import CachePlan, cache_plan, frontier, region_model
+from .prefix import CachePlan, cache_plan, frontier, lean_frontier, region_model
 from .skipdrift import add_step_batch, step_tensors
 from .shared import shared_accumulators, split_results, step_targets
 from .stats import StatsSettings
@@ -155,7 +155,7 @@ class Capturer:
         """Prepare incremental streams for groups whose producers are `boundaries`, in order
         (`index`: the original's, with the shapes the fallbacks filled in)."""
         self.types = index or GraphIndex.build(original)
-        self.frontiers = [frontier(self.types, b) for b in boundaries]
+        self.frontiers = [lean_frontier(self.types, frontier(self.types, b)) for b in boundaries]
         self.cache = self._probe_frontiers(original)
         runtime.release_memory()        # the probe's session of the whole model
         self.step = 0

@@ -150,7 +150,7 @@ class _Factor(_State):
             t -= new[:, r0:r1].T @ u
             c0, c1 = r0 // k, r1 // k
             where = slice(c0, c1) if whole else xp.asarray(self.held[c0:c1])
-            self.score[where] = _block_gains(xp, self.diag[c0:c1], t, self.tol[self.held[c0:c1]], c1 - c0, k)
+            self.score[where] = _block_gains(xp, self.diag[c0:c1], t, self.tol[where], c1 - c0, k)
 
     def _compact(self) -> None:
         """Drop the picked blocks' columns of Z, rows of T and diagonal blocks (and the fixed

@@ -38,11 +38,11 @@ def frontier(idx: GraphIndex, boundary: str) -> set:
 # Ops cheap enough to run again at the next step rather than store their outputs for every
 # sample: elementwise maths, normalisations and shape bookkeeping (no weights multiplied).
 RECOMPUTE_OPS = frozenset({
-    "Abs", "Add", "Cast", "Clip", "Concat", "Div", "Elu", "Erf", "Exp", "Expand", "Flatten", "Gather",
-    "Gelu", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization",
-    "LeakyRelu", "Log", "Max", "Min", "Mul", "Neg", "Pow", "PRelu", "Reciprocal", "ReduceMean", "ReduceSum",
-    "Relu", "Reshape", "RMSNormalization", "Selu", "Shape", "Sigmoid", "Sign", "Slice", "Softplus", "Sqrt",
-    "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where", "BatchNormalization",
+    "Abs", "Add", "BatchNormalization", "Cast", "Clip", "Concat", "Div", "Elu", "Erf", "Exp", "Expand",
+    "Flatten", "Gather", "Gelu", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
+    "LayerNormalization", "LeakyRelu", "Log", "Max", "Min", "Mul", "Neg", "Pow", "PRelu", "Reciprocal",
+    "ReduceMean", "ReduceSum", "Relu", "Reshape", "RMSNormalization", "Selu", "Shape", "Sigmoid", "Sign",
+    "Slice", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
 })
 RECOMPUTE_NODES = 32     # at most this many nodes run again for one tensor left out
 
@@ -79,7 +79,7 @@ def _recomputable(idx: GraphIndex, tensor: str, available: set) -> bool:
         if node.name in seen:
             continue
         seen.add(node.name)
-        if len(seen) > RECOMPUTE_NODES or idx.outer_reads.get(node.name):
+        if len(seen) > RECOMPUTE_NODES:
             return False
         stack.extend(i for i in node.input if i)
     return True

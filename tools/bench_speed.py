@@ -62,16 +62,14 @@ def case_args(case: str, work: Path, vit_samples: int = 256) -> tuple:
 
 
 def heldout_agreement(pruned: Path, _dataset: str) -> float:
-    """Top-1 agreement of the pruned ViT classifier with the original on its held-out images."""
-    import onnxruntime as ort
-    models = ROOT / "build" / "models"
-    x = np.load(models / "vitcls_heldout.npz")["input_image"]
-
-    def predict(path):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([sess.run(None, {"input_image": x[i:i + 16]})[0] for i in range(0, len(x), 16)]).argmax(1)
-
-    return float(np.mean(predict(models / "vit_probe.onnx") == predict(pruned)))
+    """Top-1 agreement of the pruned ViT classifier with the original on its held-out images
+    (measured as tools/bench_transformer.py measures its vitcls rows)."""
+    from bench_transformer import MODELS, compare, outputs
+    spec = MODELS["vitcls"]
+    data = dict(np.load(spec["heldout"]))
+    data.pop("label", None)
+    ref, got = outputs(spec["path"], data, spec["batch"]), outputs(pruned, data, spec["batch"])
+    return compare(ref, got)["argmax_agreement"]
 
 
 def source(ref: str, work: Path) -> Path:

@@ -44,12 +44,14 @@ class _State:
         total = p.gram.shape[0]
         self.error = p.target - self._add(slice(total - p.fixed, total), tol=0.0)
 
-    def pick(self, channel: int) -> None:
+    def pick(self, channel: int) -> int | None:
+        """Condition on `channel`; returns its block, or None when this consumer does not see it."""
         i = self.where.get(channel)
         if i is None:
-            return
+            return None
         k, j = self.block, self._position(i)
         self.error -= self._add(slice(j * k, (j + 1) * k), tol=float(self.tol[i]))
+        return i
 
     def _position(self, block: int) -> int:
         """Where candidate `block` sits in the residual statistics."""
@@ -98,14 +100,14 @@ class _Factor(_State):
     def _position(self, block: int) -> int:
         return int(self.slot[block])
 
-    def pick(self, channel: int) -> None:
-        super().pick(channel)
-        i = self.where.get(channel)
+    def pick(self, channel: int) -> int | None:
+        i = super().pick(channel)
         if i is not None:
             self.taken[i] = True
             self.picked += 1
             if self.picked >= COMPACT_FRACTION * self.held.size:
                 self._compact()
+        return i
 
     def _gram_rows(self, idx: slice):
         """Rows `idx` (places in Z's columns) of the Gram, restricted to Z's columns."""
